@@ -1,0 +1,55 @@
+"""tieconv: are this checkpoint's input embedding and output head tied, and is that what the config says?
+
+The public API is importable from here; heavy modules (torch, transformers) load lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "inspect",
+    "Report",
+    "TieconvError",
+    "InputError",
+    "CorruptFileError",
+    "UnsafePickleError",
+    "UnsupportedCheckpointError",
+    "RefusedError",
+    "OutputError",
+    "VerificationError",
+]
+
+from .errors import (  # noqa: E402 - errors are tiny and always needed
+    CorruptFileError,
+    InputError,
+    OutputError,
+    RefusedError,
+    TieconvError,
+    UnsafePickleError,
+    UnsupportedCheckpointError,
+    VerificationError,
+)
+
+_LAZY = {
+    "inspect": ("tieconv.inspection", "inspect"),
+    "Report": ("tieconv.report", "Report"),
+}
+
+if TYPE_CHECKING:
+    from .inspection import inspect
+    from .report import Report
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tieconv' has no attribute {name!r}")

@@ -1,0 +1,392 @@
+"""Readers: find a checkpoint's files and describe every stored tensor without loading it.
+
+`open_checkpoint(path)` returns a `Checkpoint`: its layout, files, config, and a
+`StoredTensor` per key (dtype, shape, byte size, file, storage identity).  Bytes
+are read later, in bounded chunks, by `Checkpoint.iter_bytes`, so comparison and
+conversion can stream from the same object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CorruptFileError, InputError, UnsafePickleError, UnsupportedCheckpointError
+from .safetensors_header import read_header
+
+CHUNK_BYTES = 16 << 20
+MAX_JSON_BYTES = 64 << 20  # config and index files are kilobytes; refuse absurd ones before parsing
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Keys under which training checkpoints keep the model's state dict (nanoGPT, torchtune, Lightning).
+NESTED_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module")
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    key: str
+    dtype: str  # safetensors' dtype names: BF16, F32...
+    shape: tuple[int, ...]
+    nbytes: int
+    file: str  # path relative to the checkpoint's root folder
+    storage: tuple  # equal for tensors that are one object on disk
+    offset: int | None = None  # absolute byte offset (safetensors only)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # what the user named
+    root: Path  # folder the file names are relative to
+    layout: str
+    files: list[str]
+    tensors: dict[str, StoredTensor]
+    config: dict | None = None
+    config_file: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)  # dropped key -> kept key
+    notes: list[str] = field(default_factory=list)
+    file_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # safetensors __metadata__
+    _torch: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> tensor, for pickles
+
+    def iter_bytes(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes | bytearray]:
+        """Yield the stored bytes of `key` in chunks of at most `chunk_bytes`.
+
+        Full chunks share one reused bytearray (compare or write each before asking
+        for the next); bytearray == bytearray is a memcmp, memoryview == is per item.
+        """
+        info = self.tensors[key]
+        if key in self._torch:
+            flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
+            for start in range(0, info.nbytes, chunk_bytes):
+                yield flat[start : start + chunk_bytes].numpy().tobytes()
+            return
+        buffer = bytearray(min(chunk_bytes, max(info.nbytes, 1)))
+        view = memoryview(buffer)
+        with open(self.root / info.file, "rb") as f:
+            f.seek(info.offset)
+            remaining = info.nbytes
+            while remaining:
+                want = min(remaining, len(buffer))
+                got = 0
+                while got < want:
+                    n = f.readinto(view[got:want])
+                    if not n:
+                        raise CorruptFileError(f"{self.root / info.file}: truncated while reading {key!r}")
+                    got += n
+                remaining -= want
+                yield buffer if want == len(buffer) else buffer[:want]
+
+    def load_tensor(self, key: str):
+        """Return `key` as a torch tensor (memory-mapped where the format allows)."""
+        if key in self._torch:
+            return self._torch[key]
+        from safetensors import safe_open
+
+        info = self.tensors[key]
+        with safe_open(str(self.root / info.file), framework="pt") as f:
+            return f.get_tensor(key)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Read a small JSON file strictly; errors name the file."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise CorruptFileError(f"{path}: {size} bytes is far too large for a {what}; refusing to parse it")
+        with open(path, "rb") as f:
+            raw = f.read()
+        return json.loads(raw.decode("utf-8"))
+    except CorruptFileError:
+        raise
+    except RecursionError:
+        raise CorruptFileError(f"{path}: {what} JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFileError(f"{path}: {what} is not valid UTF-8 JSON ({exc}); fix or re-download it") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+
+
+def _in_hf_cache_repo(root: Path, target: Path) -> bool:
+    """True when `root` is a Hugging Face cache snapshot and `target` lies in the same repo's blobs/."""
+    parts = root.absolute().parts
+    if "snapshots" not in parts:
+        return False
+    repo = Path(*parts[: len(parts) - 1 - parts[::-1].index("snapshots")])
+    try:
+        target.relative_to(repo.resolve() / "blobs")
+        return True
+    except ValueError:
+        return False
+
+
+def safe_member(root: Path, name: str, what: str) -> Path:
+    """Resolve `name` inside `root`, refusing `..`, absolute paths and links that leave the folder."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CorruptFileError(f"{root}: {what} names an invalid file {name!r}")
+    pure = Path(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name:
+        raise CorruptFileError(f"{root}: {what} names {name!r}, outside the model folder; refusing it")
+    path = root / pure
+    real = path.resolve()
+    try:
+        real.relative_to(root.resolve())
+    except ValueError:
+        if not _in_hf_cache_repo(root, real):
+            raise CorruptFileError(
+                f"{path}: is a link to {real}, outside the model folder; copy the file in instead"
+            ) from None
+    return path
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def _add_safetensors_file(ckpt: Checkpoint, name: str, expected: set[str] | None = None) -> None:
+    path = safe_member(ckpt.root, name, "the index")
+    if not path.is_file():
+        raise InputError(f"{path}: shard named by the index is missing; re-download the checkpoint")
+    header = read_header(path)
+    if expected is not None:
+        missing = expected - header.tensors.keys()
+        if missing:
+            raise CorruptFileError(
+                f"{path}: the index maps {len(missing)} key(s) to this shard that it does not hold, "
+                f"e.g. {sorted(missing)[0]!r}"
+            )
+    for key, entry in header.tensors.items():
+        if key in ckpt.tensors:
+            raise CorruptFileError(f"{path}: key {key!r} is also stored in {ckpt.tensors[key].file}")
+        ckpt.tensors[key] = StoredTensor(
+            key, entry.dtype, entry.shape, entry.nbytes, name, (name, entry.begin, entry.end),
+            header.data_start + entry.begin,
+        )
+    ckpt.files.append(name)
+    ckpt.file_metadata[name] = header.metadata
+    for dropped, kept in header.metadata.items():
+        # safetensors' save_model and tieconv.save record dropped shared names as `dropped -> kept`
+        if dropped not in header.tensors and kept in header.tensors:
+            ckpt.aliases[dropped] = kept
+
+
+def _read_index(root: Path, name: str) -> dict[str, list[str]]:
+    doc = read_json(root / name, "index")
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptFileError(f"{root / name}: index has no valid weight_map; re-download the checkpoint")
+    by_file: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        safe_member(root, shard, f"index {name}")  # validate every name before opening any
+        by_file.setdefault(shard, []).append(key)
+    return by_file
+
+
+# ---------------------------------------------------------------- pickles
+
+_TORCH_DTYPES = {
+    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int8": "I8", "uint8": "U8",
+    "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL", "uint16": "U16", "uint32": "U32",
+    "uint64": "U64", "complex64": "C64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
+}
+
+
+def torch_dtype_name(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return _TORCH_DTYPES.get(name, name.upper())
+
+
+def load_pickle(path: Path, notes: list[str] | None = None) -> Any:
+    """`torch.load` with `weights_only=True`, memory-mapped when the file is a zip archive."""
+    torch = _torch()
+    import pickle
+    import zipfile
+
+    mmap = zipfile.is_zipfile(path)
+    if not mmap and notes is not None:
+        notes.append(f"{path.name} is a legacy (non-zip) pickle: read whole into memory, it cannot be memory-mapped")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise UnsafePickleError(
+                f"{path}: refused: this pickle needs arbitrary code to load, which tieconv never runs "
+                f"({_unsafe_detail(str(exc))}); ask for a safetensors file"
+            ) from None
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({first})") from None
+    except Exception as exc:  # noqa: BLE001 - anything torch raises on a hostile file is bad input
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({detail[:200]})") from None
+
+
+def _unsafe_detail(message: str) -> str:
+    for line in message.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()[:200]
+    return "unsupported global"
+
+
+def _find_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
+    torch = _torch()
+
+    def tensors_of(d):
+        return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+    if isinstance(obj, dict):
+        found = tensors_of(obj)
+        if found and len(found) >= len(obj) / 2:
+            return found, ""
+        for key in NESTED_STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and tensors_of(inner):
+                return tensors_of(inner), key
+        if found:
+            return found, ""
+    raise InputError(f"{path}: holds no state dict of tensors (looked at the top level and {NESTED_STATE_DICT_KEYS})")
+
+
+def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
+    path = safe_member(ckpt.root, name, "the index")
+    if not path.is_file():
+        raise InputError(f"{path}: shard named by the index is missing; re-download the checkpoint")
+    obj = load_pickle(path, ckpt.notes)
+    state_dict, nested = _find_state_dict(obj, path)
+    if nested:
+        ckpt.notes.append(f"{name}: state dict read from the training checkpoint's {nested!r} entry")
+    for key, t in state_dict.items():
+        if key in ckpt.tensors:
+            raise CorruptFileError(f"{path}: key {key!r} is also stored in {ckpt.tensors[key].file}")
+        storage = (name, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.stride()), tuple(t.shape))
+        ckpt.tensors[key] = StoredTensor(
+            key, torch_dtype_name(t.dtype), tuple(t.shape), t.numel() * t.element_size(), name, storage
+        )
+        ckpt._torch[key] = t
+    ckpt.files.append(name)
+
+
+# ---------------------------------------------------------------- entry point
+
+LOOKED_FOR = (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, BIN_INDEX, BIN_SINGLE, "a single *.safetensors / *.bin / *.pt / *.pth")
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Describe the checkpoint at `path` (a folder or a single file) without loading its tensors.
+
+    Example:
+        >>> ckpt = open_checkpoint("fixtures/llama-tied")  # doctest: +SKIP
+        >>> ckpt.layout, sorted(ckpt.tensors)[:1]          # doctest: +SKIP
+        ('hf-safetensors', ['model.embed_tokens.weight'])
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_file():
+        return _open_file(path)
+    return _open_folder(path)
+
+
+def _open_file(path: Path) -> Checkpoint:
+    root = path.parent
+    name = path.name
+    if name.endswith(".safetensors"):
+        ckpt = Checkpoint(path, root, "safetensors-file", [], {})
+        _add_safetensors_file(ckpt, name)
+        return ckpt
+    if name.endswith(TORCH_SUFFIXES):
+        ckpt = Checkpoint(path, root, "torch-file", [], {})
+        _add_torch_file(ckpt, name)
+        params = root / "params.json"
+        if params.is_file():
+            ckpt.config_file = "params.json"
+            ckpt.notes.append("params.json found beside the file (Meta/TorchChat layout)")
+        return ckpt
+    if name.endswith(".gguf"):
+        raise InputError(f"{path}: GGUF files are not supported yet")
+    raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth or a model folder")
+
+
+def _open_folder(root: Path) -> Checkpoint:
+    if (root / "adapter_config.json").is_file() and not any(
+        (root / n).is_file() for n in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX, BIN_SINGLE, BIN_INDEX)
+    ):
+        adapter = read_json(root / "adapter_config.json", "adapter config")
+        base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+        raise UnsupportedCheckpointError(
+            f"{root}: is a PEFT adapter, which holds no full embedding or head; inspect the base model"
+            + (f" ({base})" if isinstance(base, str) and base else "")
+            + " or merge the adapter first"
+        )
+    config = None
+    config_file = None
+    if (root / "config.json").is_file():
+        config_file = "config.json"
+        config = read_json(safe_member(root, "config.json", "folder"), "config")
+        if not isinstance(config, dict):
+            raise CorruptFileError(f"{root / 'config.json'}: config is not a JSON object")
+
+    def make(layout: str) -> Checkpoint:
+        return Checkpoint(root, root, layout, [], {}, config, config_file)
+
+    if (root / SAFETENSORS_INDEX).is_file():
+        ckpt = make("hf-safetensors-sharded")
+        for shard, keys in _read_index(root, SAFETENSORS_INDEX).items():
+            _add_safetensors_file(ckpt, shard, set(keys))
+        return ckpt
+    if (root / SAFETENSORS_SINGLE).is_file():
+        ckpt = make("hf-safetensors")
+        _add_safetensors_file(ckpt, SAFETENSORS_SINGLE)
+        return ckpt
+    if (root / BIN_INDEX).is_file():
+        ckpt = make("hf-bin-sharded")
+        for shard, keys in _read_index(root, BIN_INDEX).items():
+            _add_torch_file(ckpt, shard)
+            missing = set(keys) - ckpt.tensors.keys()
+            if missing:
+                raise CorruptFileError(
+                    f"{root / shard}: the index maps key {sorted(missing)[0]!r} to this shard, which does not hold it"
+                )
+        return ckpt
+    if (root / BIN_SINGLE).is_file():
+        ckpt = make("hf-bin")
+        _add_torch_file(ckpt, BIN_SINGLE)
+        return ckpt
+    # Sentence-transformers: the transformer module may live in a subfolder named by modules.json.
+    if (root / "modules.json").is_file():
+        modules = read_json(root / "modules.json", "modules.json")
+        for module in modules if isinstance(modules, list) else []:
+            sub = module.get("path") if isinstance(module, dict) else None
+            if isinstance(sub, str) and sub and (root / sub / "config.json").is_file():
+                inner = _open_folder(safe_member(root, sub, "modules.json"))
+                inner.path = root
+                inner.notes.append(f"sentence-transformers folder: model read from {sub}/")
+                return inner
+    # Meta / TorchChat / nanoGPT: one .pth / .pt file in the folder.
+    singles = sorted(
+        p.name for p in root.iterdir() if p.is_file() and p.name.endswith((".pth", ".pt", ".safetensors", ".bin"))
+    )
+    if len(singles) == 1:
+        return _open_file(root / singles[0])
+    if len(singles) > 1:
+        raise InputError(
+            f"{root}: holds several checkpoint files ({', '.join(singles[:4])}); name one of them"
+        )
+    raise InputError(f"{root}: no weights found (looked for {', '.join(LOOKED_FOR)})")

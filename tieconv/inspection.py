@@ -1,0 +1,339 @@
+"""`inspect`: name a checkpoint's tying state with one verdict, and the evidence."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import architecture as arch
+from .checkpoint import Checkpoint, open_checkpoint, read_json
+from .compare import bytes_identical, equal_after_cast
+from .errors import InputError, UnsupportedCheckpointError
+from .names import find_pair
+from .report import ByteCounts, Parameters, Report, TensorInfo, TieFlag, human_bytes
+from .safetensors_header import FLOAT_DTYPES
+
+# companions that quantization libraries store beside a quantized weight
+QUANT_SUFFIXES = (".SCB", ".absmax", ".quant_map", ".quant_state", ".qweight", ".scales", ".weight_scale", ".qzeros")
+MAX_SKELETON_LAYERS = 1000  # never build a hostile config at full depth beyond this
+
+
+@dataclass
+class Names:
+    """Where the embedding, the head and the flag come from, before any bytes are read."""
+
+    embed: str
+    head: str | None
+    tie_map: dict[str, str]  # target -> source, as stored
+    flag: TieFlag
+    architecture: str | None
+    has_head: bool
+
+
+def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | None = None, compare: bool = True) -> Report:
+    """Inspect the checkpoint at `path` and return a `Report`.
+
+    Args:
+        path: a model folder or a single checkpoint file.
+        embed, head: keys as stored, overriding what tieconv would find.
+        compare: compare the two matrices byte by byte when the verdict needs it
+            (otherwise such verdicts are `undecided`).
+
+    Example:
+        >>> import tieconv
+        >>> report = tieconv.inspect("fixtures/gpt2-tied")
+        >>> report.verdict, report.head.stored
+        ('tied', False)
+    """
+    ckpt = open_checkpoint(path)
+    return inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
+
+
+def inspect_checkpoint(ckpt: Checkpoint, *, embed=None, head=None, compare=True) -> Report:
+    notes = list(ckpt.notes)
+    names = resolve_names(ckpt, notes, embed, head)
+    return _decide(ckpt, names, notes, compare)
+
+
+# ---------------------------------------------------------------- names and flag
+
+
+def _first_stored(ckpt: Checkpoint, candidates: list[str]) -> str:
+    for key in candidates:
+        if key in ckpt.tensors:
+            return key
+    for key in candidates:
+        if key in ckpt.aliases:
+            return key
+    return candidates[0]
+
+
+def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> Names:
+    config = ckpt.config
+    info = None
+    if config is not None:
+        if arch.needs_remote_code(config):
+            notes.append("config.json asks for remote code (auto_map): not executed; names found from the data")
+        else:
+            try:
+                info = arch.learn(config)
+            except Exception as exc:  # noqa: BLE001 - a config transformers cannot build: fall back to the data
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                notes.append(f"transformers could not build this config ({first}); names found from the data")
+            else:
+                if info is None:
+                    model = arch.architecture_name(config) or "this model type"
+                    notes.append(f"transformers does not know {model}; names found from the data")
+
+    if info is not None:
+        value, source, top, text = info.effective_flag(config)
+        flag = TieFlag(value, source, info.forced, top, text)
+        mem = info.memory_names
+
+        def stored_name(disk: str) -> str:
+            candidates = [disk, mem.get(disk, disk)]
+            return _first_stored(ckpt, candidates)
+
+        tie_map = {stored_name(t): stored_name(s) for t, s in info.tie_map.items()}
+        resolved = Names(
+            embed=embed or stored_name(info.embed),
+            head=head or (stored_name(info.head) if info.head else None),
+            tie_map=tie_map,
+            flag=flag,
+            architecture=info.architecture,
+            has_head=info.has_head or head is not None,
+        )
+        if resolved.head and resolved.head not in tie_map:
+            tie_map[resolved.head] = resolved.embed
+        return resolved
+
+    flag = _flag_without_architecture(ckpt)
+    pair = find_pair(list(ckpt.tensors) + list(ckpt.aliases))
+    if pair is None and not (embed and head):
+        sample = ", ".join(sorted(ckpt.tensors)[:6])
+        raise InputError(
+            f"{ckpt.path}: found no embedding or head under a known name (keys include: {sample}); "
+            "name them with --embed KEY --head KEY"
+        )
+    found_embed, found_head = pair if pair else (embed, head)
+    embed_key = embed or found_embed
+    head_key = head or found_head
+    architecture = arch.architecture_name(config) if config else None
+    return Names(
+        embed=embed_key,
+        head=head_key,
+        tie_map={head_key: embed_key} if head_key else {},
+        flag=flag,
+        architecture=architecture or None,
+        has_head=head_key is not None,
+    )
+
+
+def _flag_without_architecture(ckpt: Checkpoint) -> TieFlag:
+    config = ckpt.config
+    source_file = ckpt.config_file
+    if config is None and ckpt.config_file == "params.json":
+        config = read_json(ckpt.root / "params.json", "params.json")
+    if isinstance(config, dict):
+        top = config.get(arch.FLAG)
+        text_cfg = config.get("text_config")
+        text = text_cfg.get(arch.FLAG) if isinstance(text_cfg, dict) else None
+        top = top if isinstance(top, bool) else None
+        text = text if isinstance(text, bool) else None
+        if top is not None:
+            return TieFlag(top, f"{source_file}:{arch.FLAG}", False, top, text)
+        if text is not None:
+            return TieFlag(text, f"{source_file}:text_config.{arch.FLAG}", False, top, text)
+    return TieFlag(None, "none", False)
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def _tensor_info(ckpt: Checkpoint, key: str) -> TensorInfo:
+    t = ckpt.tensors.get(key)
+    if t is None:
+        return TensorInfo(key, False, None, None, None, 0)
+    return TensorInfo(key, True, list(t.shape), t.dtype, t.file, t.nbytes)
+
+
+def _check_plain_float(ckpt: Checkpoint, keys: list[str]) -> None:
+    for key in keys:
+        t = ckpt.tensors.get(key)
+        if t is None:
+            continue
+        stem = key[: -len(".weight")] if key.endswith(".weight") else key
+        companions = [stem + s for s in QUANT_SUFFIXES if stem + s in ckpt.tensors or key + s in ckpt.tensors]
+        if t.dtype not in FLOAT_DTYPES or companions:
+            why = f"stored as {t.dtype}" + (f" with quantization data ({companions[0]})" if companions else "")
+            raise UnsupportedCheckpointError(
+                f"{ckpt.path}: {key} is quantized ({why}); tying needs plain float tensors of one dtype: "
+                "inspect the unquantized checkpoint"
+            )
+
+
+def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> Report:
+    embed_key, head_key, flag = names.embed, names.head, names.flag
+    embed_stored = embed_key in ckpt.tensors
+    head_stored = head_key is not None and head_key in ckpt.tensors
+    if not embed_stored and not head_stored and names.has_head:
+        if head_key in ckpt.aliases or embed_key in ckpt.aliases:
+            pass
+        else:
+            raise InputError(
+                f"{ckpt.path}: neither the embedding {embed_key!r} nor the head {head_key!r} is stored; "
+                "name them with --embed KEY --head KEY"
+            )
+    if not embed_stored and not names.has_head:
+        raise InputError(f"{ckpt.path}: the embedding {embed_key!r} is not stored; name it with --embed KEY")
+    _check_plain_float(ckpt, [k for k in (embed_key, head_key) if k])
+
+    identical: bool | None = None
+    cast_equal: bool | None = None
+    same_storage = embed_stored and head_stored and ckpt.tensors[embed_key].storage == ckpt.tensors[head_key].storage
+    shapes_differ = (
+        embed_stored and head_stored and ckpt.tensors[embed_key].shape != ckpt.tensors[head_key].shape
+    )
+    dtypes_differ = embed_stored and head_stored and ckpt.tensors[embed_key].dtype != ckpt.tensors[head_key].dtype
+    head_aliased = not head_stored and ckpt.aliases.get(head_key or "") == embed_key
+    embed_aliased = not embed_stored and head_key is not None and ckpt.aliases.get(embed_key) == head_key
+    if head_aliased or embed_aliased:
+        dropped, kept = (head_key, embed_key) if head_aliased else (embed_key, head_key)
+        notes.append(f"{dropped} is recorded in the file's metadata as sharing {kept}")
+
+    if same_storage:
+        identical = True
+    elif embed_stored and head_stored and not shapes_differ and compare:
+        identical = bytes_identical(ckpt, embed_key, head_key)
+        if dtypes_differ:
+            cast_equal = equal_after_cast(ckpt, embed_key, head_key)
+    elif shapes_differ:
+        identical = False
+
+    # every stored, bit-identical copy of a tie-map target is what `tie` would reclaim
+    reclaim_keys: list[str] = []
+    for target, source in names.tie_map.items():
+        if target in ckpt.tensors and source in ckpt.tensors:
+            ts, ss = ckpt.tensors[target], ckpt.tensors[source]
+            if ts.storage == ss.storage:
+                continue
+            if target == head_key:
+                equal = identical
+            elif compare:
+                equal = bytes_identical(ckpt, source, target)
+            else:
+                equal = None
+            if equal:
+                reclaim_keys.append(target)
+
+    verdict, reason = _verdict(
+        names, flag, embed_stored, head_stored, head_aliased or embed_aliased, same_storage, shapes_differ, dtypes_differ, identical, ckpt
+    )
+    unique_storages = {t.storage: t for t in ckpt.tensors.values()}
+    total_bytes = sum(t.nbytes for t in unique_storages.values())
+    reclaimable = sum(ckpt.tensors[k].nbytes for k in reclaim_keys)
+    stored_params = sum(t.numel for t in ckpt.tensors.values())
+    unique_params = sum(t.numel for t in unique_storages.values()) - sum(ckpt.tensors[k].numel for k in reclaim_keys)
+
+    report = Report(
+        path=str(ckpt.path),
+        layout=ckpt.layout,
+        files=list(ckpt.files),
+        verdict=verdict,
+        embed=_tensor_info(ckpt, embed_key),
+        head=_tensor_info(ckpt, head_key) if names.has_head and head_key else None,
+        tie_flag=flag,
+        identical=identical,
+        equal_after_cast=cast_equal,
+        parameters=Parameters(stored_params, unique_params),
+        bytes=ByteCounts(total_bytes, reclaimable),
+        reclaimable_keys=reclaim_keys,
+        tie_map=dict(names.tie_map),
+        architecture=names.architecture,
+        config=ckpt.config_file,
+        reason=reason,
+        advice="",
+        notes=notes,
+        checkpoint=ckpt,
+    )
+    report.advice = _advice(report)
+    return report
+
+
+def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shapes_differ, dtypes_differ, identical, ckpt):
+    if not names.has_head:
+        return "no-head", "the model has no output embedding"
+    shape_reason = ""
+    if shapes_differ:
+        e, h = ckpt.tensors[names.embed].shape, ckpt.tensors[names.head].shape
+        shape_reason = f"shapes differ ({list(e)} vs {list(h)}), so they can never be tied"
+    differ_reason = shape_reason or (
+        "both are stored with different dtypes" if dtypes_differ else "both are stored and differ"
+    )
+    undecided = "both are stored but were not compared; compare them to decide"
+
+    if flag.value is None or flag.forced:
+        # No config (or a flag the config class forces): the data decides.
+        lead = "no config found: " if flag.value is None else "the flag is forced, so the data decides: "
+        if aliased:
+            return "tied", lead + "one storage: the file's metadata records one key as an alias of the other"
+        if not head_stored:
+            if not embed_stored:
+                return "embed-missing", lead + "the head is stored under an alias but the embedding is not"
+            return "tied", lead + "no head stored: the embedding serves as the head"
+        if not embed_stored:
+            return "embed-missing", lead + "the head is stored but the embedding is not"
+        if same_storage:
+            return "tied", lead + "the embedding and the head are one storage"
+        if identical is None:
+            return "undecided", lead + undecided
+        if identical:
+            if flag.forced:
+                return "duplicated", lead + "both are stored, bit-identical; transformers ties equal copies"
+            return "tieable", lead + "both are stored, bit-identical"
+        return "untied", lead + differ_reason
+
+    if flag.value:
+        if not head_stored:
+            if not embed_stored:
+                return "embed-missing", "the flag ties but the embedding is not stored"
+            return "tied", "the flag ties and the head is not stored" + (" (recorded as an alias)" if aliased else "")
+        if not embed_stored:
+            return "embed-missing", "the head is stored, the embedding is not; transformers ties symmetrically"
+        if same_storage:
+            return "tied", "the flag ties and both keys share one storage"
+        if identical is None:
+            return "undecided", "the flag ties; " + undecided
+        if identical:
+            return "duplicated", "the flag ties and the head is stored as a bit-identical copy"
+        return "conflict", "the flag ties but " + differ_reason + "; runtimes disagree on which to use"
+
+    if not head_stored:
+        return "head-missing", "the flag unties but no head is stored; loaders start it from random values"
+    if not embed_stored:
+        return "embed-missing", "the flag unties and the embedding is not stored: it is lost"
+    if same_storage:
+        return "tieable", "the flag unties; both keys share one storage"
+    if identical is None:
+        return "undecided", "the flag unties; " + undecided
+    if identical:
+        return "tieable", "the flag unties and the two are bit-identical"
+    return "untied", "the flag unties and " + differ_reason
+
+
+def _advice(report: Report) -> str:
+    p = report.path
+    saved = human_bytes(report.bytes.reclaimable)
+    return {
+        "tied": "Nothing to do: the head is the embedding.",
+        "duplicated": f"Run `tieconv tie {p} OUT` to drop the duplicate and save {saved}.",
+        "untied": "Nothing to do: the head and the embedding are two real matrices.",
+        "tieable": f"Consistent as is; `tieconv tie {p} OUT` would save {saved} without changing outputs.",
+        "conflict": f"Runtimes disagree here: run `tieconv untie {p} OUT` to keep both matrices, "
+        "or `tieconv tie --keep embed|head` to choose one.",
+        "head-missing": f"Loaders will start the head from random values; if the model was trained tied, "
+        f"run `tieconv tie {p} OUT --assume-tied`.",
+        "embed-missing": f"Run `tieconv tie {p} OUT` to store the head's matrix as the embedding.",
+        "no-head": "Nothing to tie: the model has no output head.",
+        "undecided": "Run again without --no-compare to compare the two matrices.",
+    }[report.verdict]

@@ -1,0 +1,166 @@
+"""A strict reader of safetensors headers.
+
+Why our own: huggingface_hub's local parser is lenient (25 MB cap, ignores UTF-8
+errors, does not check holes or overlaps) and slow to import, and safetensors'
+own reader maps the whole file.  We need only the 8-byte length and the JSON
+header, validated against every rule of the format, so that every later step
+(comparison, streaming copy) can trust the offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from .errors import CorruptFileError
+
+MAX_HEADER_BYTES = 100_000_000  # the reference reader's cap
+
+# Bits per element; sub-byte float formats pack several elements per byte.
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
+    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # relative to the data buffer
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: str
+    data_start: int  # absolute offset of the data buffer in the file
+    data_size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    tensors: dict[str, HeaderEntry] = field(default_factory=dict)
+
+
+def _reject_duplicates(pairs):
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
+    """Validate the JSON header bytes `raw` of a file of `file_size` bytes."""
+
+    def bad(why: str) -> CorruptFileError:
+        return CorruptFileError(f"{path}: not a valid safetensors file: {why}; re-download or re-save it")
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.lstrip().startswith("{"):
+        raise bad("header is not a JSON object")
+    try:
+        doc = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except RecursionError:
+        raise bad("header JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise bad(f"header is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise bad("header is not a JSON object")
+
+    data_start = 8 + len(raw)
+    data_size = file_size - data_start
+    metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise bad("__metadata__ must map strings to strings")
+
+    tensors: dict[str, HeaderEntry] = {}
+    for name, info in doc.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"entry {name!r} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_BITS:
+            raise bad(f"entry {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise bad(f"entry {name!r} has an invalid shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise bad(f"entry {name!r} has invalid data_offsets {offsets!r}")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        bits = numel * DTYPE_BITS[dtype]
+        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
+            raise bad(
+                f"entry {name!r}: {dtype} {shape} needs {bits / 8:g} bytes "
+                f"but data_offsets span {offsets[1] - offsets[0]}"
+            )
+        if offsets[1] > data_size:
+            raise bad(f"entry {name!r} ends at byte {offsets[1]}, past the data ({data_size} bytes)")
+        tensors[name] = HeaderEntry(dtype, tuple(shape), offsets[0], offsets[1])
+
+    # The entries, sorted by offset, must tile the buffer exactly.
+    position = 0
+    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin < position:
+            raise bad(f"entry {name!r} overlaps the previous tensor")
+        if entry.begin > position:
+            raise bad(f"a hole of {entry.begin - position} bytes before entry {name!r}")
+        position = entry.end
+    if position != data_size:
+        raise bad(f"{data_size - position} bytes after the last tensor belong to no entry")
+    return SafetensorsHeader(path, data_start, data_size, dict(metadata), tensors)
+
+
+def read_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Read and strictly validate the header of the safetensors file at `path`.
+
+    Raises `CorruptFileError` naming the file and the broken rule.
+
+    Example:
+        >>> header = read_header("model.safetensors")  # doctest: +SKIP
+        >>> header.tensors["lm_head.weight"].dtype     # doctest: +SKIP
+        'BF16'
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CorruptFileError(f"{path}: truncated: {file_size} bytes is too short for a safetensors file")
+            length = int.from_bytes(prefix, "little")
+            if length > MAX_HEADER_BYTES:
+                raise CorruptFileError(
+                    f"{path}: header claims {length} bytes, over the {MAX_HEADER_BYTES}-byte cap; not a safetensors file?"
+                )
+            if 8 + length > file_size:
+                raise CorruptFileError(
+                    f"{path}: truncated: header claims {length} bytes but the file has {file_size - 8} after the length"
+                )
+            raw = f.read(length)
+    except IsADirectoryError:
+        raise CorruptFileError(f"{path}: is a folder, expected a safetensors file") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_header(raw, file_size, path)
