@@ -227,7 +227,9 @@ def load_pickle(path: Path, notes: list[str] | None = None) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+        # torch's weights-only unpickler raises UnpicklingError both for globals it will not
+        # import (code) and for opcodes it does not know (garbage); only the former is "unsafe"
+        if "global" in str(exc).lower():
             raise UnsafePickleError(
                 f"{path}: refused: this pickle needs arbitrary code to load, which tieconv never runs "
                 f"({_unsafe_detail(str(exc))}); ask for a safetensors file"

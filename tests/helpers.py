@@ -1,0 +1,37 @@
+"""Small builders for checkpoints the fixtures do not cover, written by the real libraries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+LLAMA = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+
+
+def write_config(folder: Path, **config) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def llama_config(**overrides) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **LLAMA, **overrides}
+
+
+def write_llama(folder: Path, *, tie: bool | None, tensors: dict[str, torch.Tensor], **overrides) -> Path:
+    cfg = llama_config(**overrides)
+    if tie is not None:
+        cfg["tie_word_embeddings"] = tie
+    write_config(folder, **cfg)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def embed_and_head(seed: int = 0, same: bool = False, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    embed = torch.randn(64, 16, generator=g).to(dtype)
+    head = embed.clone() if same else torch.randn(64, 16, generator=g).to(dtype)
+    return embed, head

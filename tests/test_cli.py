@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import tieconv
+from tieconv.cli import main
+
+from .conftest import FIXTURES
+
+SCHEMA_KEYS = {
+    "schema_version", "path", "layout", "files", "verdict", "embed", "head", "tie_flag", "identical",
+    "equal_after_cast", "parameters", "bytes", "reclaimable_keys", "tie_map", "architecture", "config",
+    "reason", "advice", "notes",
+}
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def test_version_and_help():
+    assert run("--version").output.strip() == f"tieconv, version {tieconv.__version__}"
+    out = run("--help").output
+    assert "Examples:" in out and "inspect" in out
+    out = run("inspect", "-h").output
+    for option in ("--json", "--check", "--embed", "--head", "--no-compare", "--debug"):
+        assert option in out
+    assert "tieconv inspect fixtures/llama-duplicated" in out
+
+
+def test_human_output():
+    result = run("inspect", FIXTURES / "llama-duplicated")
+    assert result.exit_code == 0
+    assert "duplicated" in result.output and "lm_head.weight" in result.output
+    assert "reclaimable 2.0 KB" in result.output
+
+
+def test_json_schema():
+    result = run("inspect", FIXTURES / "llama-untied", "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    assert set(doc) == SCHEMA_KEYS
+    assert doc["schema_version"] == 1 and doc["verdict"] == "untied"
+    assert set(doc["embed"]) == {"key", "stored", "shape", "dtype", "file", "nbytes"}
+    assert doc["embed"]["dtype"] == "BF16" and doc["embed"]["shape"] == [64, 16]
+    assert set(doc["tie_flag"]) == {"value", "source", "forced", "top_level", "text_config"}
+    assert set(doc["bytes"]) == {"total", "reclaimable"} and set(doc["parameters"]) == {"stored", "unique"}
+    assert doc == tieconv.inspect(FIXTURES / "llama-untied").to_dict() | {"path": str(FIXTURES / "llama-untied")}
+
+
+@pytest.mark.parametrize(
+    "name,code",
+    [("llama-tied", 0), ("llama-untied", 0), ("llama-tieable", 0), ("bert-encoder", 0),
+     ("llama-duplicated", 1), ("llama-conflict", 1), ("llama-head-missing", 1), ("llama-embed-missing", 1)],
+)
+def test_check_exit_codes(name, code):
+    assert run("inspect", FIXTURES / name, "--check").exit_code == code
+
+
+def test_check_undecided_fails():
+    assert run("inspect", FIXTURES / "llama-duplicated", "--no-compare", "--check").exit_code == 1
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = run("inspect", tmp_path / "missing")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0] and "Traceback" not in result.output
+
+
+def test_internal_error_is_exit_70(monkeypatch):
+    import tieconv.inspection
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(tieconv.inspection, "inspect", boom)
+    result = run("inspect", FIXTURES / "llama-tied")
+    assert result.exit_code == 70 and "internal error" in result.output and "Traceback" not in result.output
+    result = run("inspect", FIXTURES / "llama-tied", "--debug")
+    assert isinstance(result.exception, RuntimeError)
+
+
+def test_explicit_keys_on_the_command_line(tmp_path):
+    result = run("inspect", FIXTURES / "meta-llama" / "consolidated.00.pth", "--embed", "tok_embeddings.weight",
+                 "--head", "output.weight", "--json")
+    assert json.loads(result.output)["head"]["key"] == "output.weight"
