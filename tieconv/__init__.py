@@ -12,7 +12,12 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "inspect",
+    "tie",
+    "untie",
+    "plan",
     "Report",
+    "Plan",
+    "ConversionResult",
     "TieconvError",
     "InputError",
     "CorruptFileError",
@@ -37,9 +42,15 @@ from .errors import (  # noqa: E402 - errors are tiny and always needed
 _LAZY = {
     "inspect": ("tieconv.inspection", "inspect"),
     "Report": ("tieconv.report", "Report"),
+    "tie": ("tieconv.convert", "tie"),
+    "untie": ("tieconv.convert", "untie"),
+    "plan": ("tieconv.convert", "plan"),
+    "Plan": ("tieconv.convert", "Plan"),
+    "ConversionResult": ("tieconv.convert", "ConversionResult"),
 }
 
 if TYPE_CHECKING:
+    from .convert import ConversionResult, Plan, plan, tie, untie
     from .inspection import inspect
     from .report import Report
 

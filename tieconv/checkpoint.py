@@ -386,7 +386,9 @@ def _open_folder(root: Path) -> Checkpoint:
         p.name for p in root.iterdir() if p.is_file() and p.name.endswith((".pth", ".pt", ".safetensors", ".bin"))
     )
     if len(singles) == 1:
-        return _open_file(root / singles[0])
+        ckpt = _open_file(root / singles[0])
+        ckpt.path = root  # the user named the folder: conversions write a folder too
+        return ckpt
     if len(singles) > 1:
         raise InputError(
             f"{root}: holds several checkpoint files ({', '.join(singles[:4])}); name one of them"

@@ -99,5 +99,75 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
         sys.exit(EXIT_PROBLEM)
 
 
+def _conversion_options(func):
+    options = [
+        click.argument("src", metavar="IN"),
+        click.argument("dst", metavar="OUT"),
+        click.option("--dry-run", is_flag=True, help="Print the plan; write nothing."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result (with the plan) as JSON."),
+        click.option("--force", is_flag=True, help="Write a normalised copy even when there is nothing to do."),
+        click.option("--embed", metavar="KEY", help="Key of the input embedding as stored."),
+        click.option("--head", metavar="KEY", help="Key of the output head as stored."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _render_conversion(result, as_json: bool) -> None:
+    from .convert import summary
+
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(summary(result))
+
+
+@main.command("tie", context_settings=CONTEXT)
+@_conversion_options
+@click.option("--keep", type=click.Choice(["embed", "head"]), help="Matrix that survives when the two differ.")
+@click.option("--assume-tied", is_flag=True, help="Repair a head-missing checkpoint that was trained tied.")
+@_handle_errors
+def tie_command(src, dst, dry_run, as_json, force, embed, head, keep, assume_tied) -> None:
+    """Write OUT: IN with the head and the embedding stored once and a config that ties them.
+
+    Drops the head and every other tie-map target stored as a bit-identical copy, sets the
+    flag, and writes nothing else differently. Refuses when tying would change the model's
+    outputs (the matrices differ: choose one with --keep) or when no head is stored and the
+    config unties (--assume-tied). Nothing to do: says so, writes nothing, exits 0.
+
+    \b
+    Examples:
+      tieconv tie fixtures/llama-duplicated /tmp/llama-tied
+      tieconv tie fixtures/llama-conflict /tmp/out --keep embed
+      tieconv tie fixtures/llama-head-missing /tmp/out --assume-tied --dry-run
+    """
+    from .convert import tie
+
+    result = tie(src, dst, keep=keep, assume_tied=assume_tied, force=force, dry_run=dry_run, embed=embed, head=head)
+    _render_conversion(result, as_json)
+
+
+@main.command("untie", context_settings=CONTEXT)
+@_conversion_options
+@_handle_errors
+def untie_command(src, dst, dry_run, as_json, force, embed, head) -> None:
+    """Write OUT: IN with the head as its own tensor and a config that unties it.
+
+    Stores a copy of the embedding under every tie-map target a loader reads (BART's
+    encoder and decoder embeddings too) and sets the flag to untied. A `conflict`
+    keeps both matrices as stored. Nothing to do: says so, writes nothing, exits 0.
+
+    \b
+    Examples:
+      tieconv untie fixtures/llama-tied /tmp/llama-untied
+      tieconv untie fixtures/bart-tied /tmp/bart-untied --json
+    """
+    from .convert import untie
+
+    result = untie(src, dst, force=force, dry_run=dry_run, embed=embed, head=head)
+    _render_conversion(result, as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
