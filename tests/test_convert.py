@@ -181,3 +181,136 @@ def test_cli_tie_and_refusal(tmp_path):
     refused = runner.invoke(main, ["tie", str(FIXTURES / "llama-conflict"), str(tmp_path / "out2")])
     assert refused.exit_code == 2 and "--keep" in refused.output and len(refused.output.strip().splitlines()) == 1
     assert "tieconv tie fixtures/llama-duplicated" in runner.invoke(main, ["tie", "-h"]).output
+
+
+def test_refusals_and_failures_leave_nothing_behind(tmp_path, monkeypatch):
+    with pytest.raises(RefusedError):
+        tieconv.tie(FIXTURES / "llama-conflict", tmp_path / "out")
+    import tieconv.convert as convert
+    from tieconv.errors import VerificationError
+
+    def bad_verify(*args, **kwargs):
+        raise VerificationError("forced failure")
+
+    monkeypatch.setattr(convert, "_verify", bad_verify)
+    with pytest.raises(VerificationError):
+        tieconv.tie(FIXTURES / "llama-duplicated", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_must_not_overlap_the_input(tmp_path, fixture_copy):
+    src = fixture_copy("llama-duplicated")
+    for dst in (src, src / "inside", tmp_path):
+        with pytest.raises(OutputError, match="input"):
+            tieconv.tie(src, dst, overwrite=True)
+
+
+def test_overwrite_replaces_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = tieconv.tie(FIXTURES / "llama-duplicated", out, overwrite=True)
+    assert result.verdict == "tied" and not (out / "old.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_sharded_untie_keeps_names_links_unchanged_shards_and_rewrites_the_index(tmp_path, fixture_copy):
+    src = fixture_copy("llama-tied-sharded")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["metadata"]["total_parameters"] = 123
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    embed_file = index["weight_map"]["model.embed_tokens.weight"]
+    result = tieconv.untie(src, tmp_path / "out", link=True)
+    out_index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert set(out_index["weight_map"].values()) == set(index["weight_map"].values())  # names kept
+    assert out_index["weight_map"]["lm_head.weight"] == embed_file  # the copy sits beside its source
+    sd = {}
+    for name in set(out_index["weight_map"].values()):
+        sd.update(load_file(tmp_path / "out" / name))
+    assert out_index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in sd.values())
+    assert out_index["metadata"]["total_parameters"] == sum(t.numel() for t in sd.values())
+    unchanged = sorted(set(index["weight_map"].values()) - {embed_file})
+    assert unchanged and sorted(result.linked) == unchanged
+    for name in unchanged:
+        assert (tmp_path / "out" / name).stat().st_ino == (src / name).stat().st_ino
+    assert (tmp_path / "out" / embed_file).stat().st_ino != (src / embed_file).stat().st_ino
+    assert any("ARE the input's files" in w for w in result.warnings)
+    torch.testing.assert_close(logits(tmp_path / "out"), logits(src), rtol=0, atol=0)
+
+
+def test_sharded_tie_renumbers_when_a_shard_empties(tmp_path):
+    src = FIXTURES / "llama-untied-sharded"
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    tieconv.tie(src, tmp_path / "out", keep="embed")
+    out_index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    n = len(set(out_index["weight_map"].values()))
+    assert n == len(set(index["weight_map"].values())) - 1
+    assert set(out_index["weight_map"].values()) == {f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)}
+
+
+def test_dry_run_plan_matches_the_real_run(tmp_path):
+    dry = tieconv.untie(FIXTURES / "bart-tied", tmp_path / "out", dry_run=True)
+    real = tieconv.untie(FIXTURES / "bart-tied", tmp_path / "out")
+    assert dry.plan.to_dict() == real.plan.to_dict()
+    assert dry.bytes_saved == real.bytes_saved and dry.verdict == real.verdict
+
+
+@pytest.mark.parametrize("verify", ["full", "none"])
+def test_verify_modes(tmp_path, verify):
+    result = tieconv.untie(FIXTURES / "llama-tied-sharded", tmp_path / "out", verify=verify)
+    assert result.verified == verify and result.verdict == "tieable"
+
+
+def test_nanogpt_keeps_training_state_or_says_what_it_leaves_out(tmp_path):
+    result = tieconv.untie(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "ckpt.pt")
+    obj = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert obj["model_args"]["n_layer"] == 1 and obj["iter_num"] == 10 and "optimizer" in obj
+    m = obj["model"]
+    assert torch.equal(m["_orig_mod.lm_head.weight"], m["_orig_mod.transformer.wte.weight"])
+    assert m["_orig_mod.lm_head.weight"].data_ptr() != m["_orig_mod.transformer.wte.weight"].data_ptr()
+    assert result.verdict == "tieable"
+    result = tieconv.untie(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "ckpt.safetensors", format="safetensors")
+    assert set(load_file(tmp_path / "ckpt.safetensors")) == set(m)
+    assert result.plan.left_out == ["best_val_loss", "config", "iter_num", "model_args", "optimizer"]
+    assert any("left out" in w for w in result.warnings)
+
+
+def test_bert_mlm_untie_materialises_the_bias(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    model.save_pretrained(tmp_path / "bert")
+    tieconv.untie(tmp_path / "bert", tmp_path / "out")
+    sd = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(sd["cls.predictions.decoder.weight"], sd["bert.embeddings.word_embeddings.weight"])
+    loaded = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, model.eval()(IDS).logits, rtol=0, atol=0)
+
+
+def test_multimodal_flag_set_at_both_levels(tmp_path):
+    from .helpers import embed_and_head, llama_config, write_config
+
+    folder = tmp_path / "llava"
+    write_config(folder, architectures=["LlavaForConditionalGeneration"], model_type="llava",
+                 text_config={"model_type": "llama", "tie_word_embeddings": True,
+                              **{k: v for k, v in llama_config().items() if k not in ("architectures", "model_type")}},
+                 vision_config={"model_type": "clip_vision_model", "num_hidden_layers": 1, "hidden_size": 16,
+                                "intermediate_size": 32, "num_attention_heads": 2, "image_size": 8, "patch_size": 4})
+    embed, _ = embed_and_head()
+    save_file({"model.language_model.embed_tokens.weight": embed}, folder / "model.safetensors")
+    result = tieconv.untie(folder, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and cfg["text_config"]["tie_word_embeddings"] is False
+    assert result.verdict == "tieable" and "lm_head.weight" in load_file(tmp_path / "out" / "model.safetensors")
+
+
+def test_other_files_are_copied_unchanged(tmp_path, fixture_copy):
+    src = fixture_copy("llama-duplicated")
+    (src / "tokenizer.json").write_text('{"x": 1}')
+    (src / "README.md").write_text("# model")
+    tieconv.tie(src, tmp_path / "out")
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"x": 1}'
+    assert (tmp_path / "out" / "README.md").read_text() == "# model"
+    meta = __import__("tieconv.safetensors_header", fromlist=["x"]).read_header(tmp_path / "out" / "model.safetensors").metadata
+    assert meta == {"format": "pt"}

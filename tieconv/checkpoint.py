@@ -89,6 +89,16 @@ class Checkpoint:
                 remaining -= want
                 yield buffer if want == len(buffer) else buffer[:want]
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` stored bytes of `key` from byte `start` (for sampled verification)."""
+        info = self.tensors[key]
+        length = max(0, min(length, info.nbytes - start))
+        if key in self._torch:
+            flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
+            return flat[start : start + length].numpy().tobytes()
+        with open(self.root / info.file, "rb") as f:
+            return os.pread(f.fileno(), length, info.offset + start)
+
     def load_tensor(self, key: str):
         """Return `key` as a torch tensor (memory-mapped where the format allows)."""
         if key in self._torch:

@@ -108,6 +108,13 @@ def _conversion_options(func):
         click.option("--force", is_flag=True, help="Write a normalised copy even when there is nothing to do."),
         click.option("--embed", metavar="KEY", help="Key of the input embedding as stored."),
         click.option("--head", metavar="KEY", help="Key of the output head as stored."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing OUT, only once the new one is complete."),
+        click.option("--link", is_flag=True,
+                     help="Hard-link unchanged shards instead of copying (a linked shard IS the input's file)."),
+        click.option("--verify", type=click.Choice(["sample", "full", "none"]), default="sample", show_default=True,
+                     help="Check the output: headers and sampled bytes, every byte, or nothing."),
+        click.option("--format", "fmt", type=click.Choice(["torch", "safetensors"]),
+                     help="Output format for a single torch file (default: its own)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -128,7 +135,7 @@ def _render_conversion(result, as_json: bool) -> None:
 @click.option("--keep", type=click.Choice(["embed", "head"]), help="Matrix that survives when the two differ.")
 @click.option("--assume-tied", is_flag=True, help="Repair a head-missing checkpoint that was trained tied.")
 @_handle_errors
-def tie_command(src, dst, dry_run, as_json, force, embed, head, keep, assume_tied) -> None:
+def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt, keep, assume_tied) -> None:
     """Write OUT: IN with the head and the embedding stored once and a config that ties them.
 
     Drops the head and every other tie-map target stored as a bit-identical copy, sets the
@@ -144,14 +151,15 @@ def tie_command(src, dst, dry_run, as_json, force, embed, head, keep, assume_tie
     """
     from .convert import tie
 
-    result = tie(src, dst, keep=keep, assume_tied=assume_tied, force=force, dry_run=dry_run, embed=embed, head=head)
+    result = tie(src, dst, keep=keep, assume_tied=assume_tied, force=force, dry_run=dry_run, embed=embed, head=head,
+                 overwrite=overwrite, link=link, verify=verify, format=fmt)
     _render_conversion(result, as_json)
 
 
 @main.command("untie", context_settings=CONTEXT)
 @_conversion_options
 @_handle_errors
-def untie_command(src, dst, dry_run, as_json, force, embed, head) -> None:
+def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt) -> None:
     """Write OUT: IN with the head as its own tensor and a config that unties it.
 
     Stores a copy of the embedding under every tie-map target a loader reads (BART's
@@ -165,7 +173,8 @@ def untie_command(src, dst, dry_run, as_json, force, embed, head) -> None:
     """
     from .convert import untie
 
-    result = untie(src, dst, force=force, dry_run=dry_run, embed=embed, head=head)
+    result = untie(src, dst, force=force, dry_run=dry_run, embed=embed, head=head, overwrite=overwrite, link=link,
+                   verify=verify, format=fmt)
     _render_conversion(result, as_json)
 
 

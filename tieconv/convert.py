@@ -19,7 +19,7 @@ from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, safe_member
 from .errors import OutputError, RefusedError, VerificationError
 from .inspection import inspect
 from .report import Report, human_bytes
-from .writer import OutputFolder, WriteEntry, copy_file, shard_name, write_safetensors, write_text
+from .writer import OutputFolder, WriteEntry, copy_file, link_or_copy, shard_name, write_safetensors, write_text
 
 # runtimes that tie these families whatever the files hold (vLLM hard-codes it)
 ALWAYS_TIED_IN_VLLM = ("gemma", "gemma2", "gemma3", "gemma3_text", "mpt")
@@ -39,6 +39,7 @@ class PlannedFile:
     name: str
     tensors: tuple[PlannedTensor, ...]
     metadata: dict[str, str]
+    unchanged_from: str | None = None  # an input file copied (or hard-linked) whole
 
 
 @dataclass
@@ -58,12 +59,22 @@ class Plan:
     files: list[PlannedFile] = field(default_factory=list)
     copied_files: list[str] = field(default_factory=list)
     bytes_saved: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    parameters_before: int = 0
+    parameters_after: int = 0
+    loader_bytes_saved: int = 0  # what a transformers loader no longer allocates (negative: allocates more)
+    output_format: str = "safetensors"
+    left_out: list[str] = field(default_factory=list)  # entries of a training checkpoint not carried over
+    link: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["files"] = [
-            {"name": f.name, "metadata": f.metadata, "tensors": [t.key for t in f.tensors]} for f in self.files
+            {"name": f.name, "metadata": f.metadata, "tensors": [t.key for t in f.tensors],
+             "unchanged_from": f.unchanged_from}
+            for f in self.files
         ]
         return out
 
@@ -76,15 +87,23 @@ class ConversionResult:
     verdict: str | None  # the output's verdict
     plan: Plan
     warnings: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)  # output files that are hard links to the input's
+    verified: str = "none"  # "sample", "full" or "none"
 
     def to_dict(self) -> dict:
+        p = self.plan
         return {
             "bytes_saved": self.bytes_saved,
             "files_written": self.files_written,
             "seconds": round(self.seconds, 3),
             "verdict": self.verdict,
+            "bytes": {"before": p.bytes_before, "after": p.bytes_after},
+            "parameters": {"before": p.parameters_before, "after": p.parameters_after},
+            "loader_bytes_saved": p.loader_bytes_saved,
+            "linked": self.linked,
+            "verified": self.verified,
             "warnings": self.warnings,
-            "plan": self.plan.to_dict(),
+            "plan": p.to_dict(),
         }
 
 
@@ -195,23 +214,25 @@ def _config_changes(report: Report, ckpt: Checkpoint, flag: bool) -> dict[str, o
 
 
 def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], replaced: dict[str, str],
-                  aliases: dict[str, str]) -> list[PlannedFile]:
+                  aliases: dict[str, str], fmt: str) -> list[PlannedFile]:
     by_file: dict[str, list[PlannedTensor]] = {name: [] for name in ckpt.files}
-    for key, t in ckpt.tensors.items():
-        if key in dropped:
+    # in each file's data order, so copies read their sources sequentially
+    ordered = sorted(ckpt.tensors.values(), key=lambda t: (ckpt.files.index(t.file), t.offset or 0))
+    for t in ordered:
+        if t.key in dropped:
             continue
-        src = ckpt.tensors[replaced.get(key, key)]
-        by_file[t.file].append(PlannedTensor(key, src.key, src.dtype, src.shape, src.nbytes))
+        src = ckpt.tensors[replaced.get(t.key, t.key)]
+        by_file[t.file].append(PlannedTensor(t.key, src.key, src.dtype, src.shape, src.nbytes))
         for new_key, source in added.items():
-            if source == key:
-                by_file[t.file].append(PlannedTensor(new_key, key, t.dtype, t.shape, t.nbytes))
+            if source == t.key:
+                by_file[t.file].append(PlannedTensor(new_key, t.key, t.dtype, t.shape, t.nbytes))
     # a replaced key that was not stored (embed-missing): put it where its source was
     for key, source in replaced.items():
         if key not in ckpt.tensors:
             s = ckpt.tensors[source]
             by_file[s.file].append(PlannedTensor(key, source, s.dtype, s.shape, s.nbytes))
     groups = [(name, tensors) for name, tensors in by_file.items() if tensors]
-    single = ckpt.layout in ("hf-safetensors", "hf-bin", "safetensors-file", "torch-file") or len(groups) == 1
+    keep_names = ckpt.layout == "hf-safetensors-sharded" and len(groups) == len(ckpt.files)
     files = []
     for i, (name, tensors) in enumerate(groups, 1):
         meta = dict(ckpt.file_metadata.get(name, {}))
@@ -219,14 +240,27 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
         meta.setdefault("format", "pt")
         kept = {t.key for t in tensors}
         meta.update({d: k for d, k in aliases.items() if k in kept})
-        if ckpt.layout == "safetensors-file":
+        if ckpt.layout == "safetensors-file" or ckpt.layout == "torch-file" and fmt == "torch":
             out_name = Path(name).name
         elif ckpt.layout == "torch-file":
-            out_name = name
+            out_name = Path(name).stem + ".safetensors"
+        elif keep_names or len(groups) > 1:
+            out_name = name if keep_names else shard_name(i, len(groups))
         else:
-            out_name = "model.safetensors" if single else shard_name(i, len(groups))
-        files.append(PlannedFile(out_name, tuple(tensors), meta))
+            out_name = "model.safetensors"
+        original = [t.key for t in by_file_original(ckpt, name)]
+        unchanged = (
+            name.endswith(".safetensors")
+            and [t.key for t in tensors] == original
+            and all(t.key == t.source for t in tensors)
+            and meta == ckpt.file_metadata.get(name)
+        )
+        files.append(PlannedFile(out_name, tuple(tensors), meta, name if unchanged else None))
     return files
+
+
+def by_file_original(ckpt: Checkpoint, name: str):
+    return sorted((t for t in ckpt.tensors.values() if t.file == name), key=lambda t: t.offset or 0)
 
 
 def _other_files(ckpt: Checkpoint) -> list[str]:
@@ -245,10 +279,20 @@ def _other_files(ckpt: Checkpoint) -> list[str]:
 
 
 def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
-         embed: str | None = None, head: str | None = None) -> tuple[Plan, Report]:
-    """Compute what `tie` or `untie` would do, without writing anything."""
+         embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
+         format: str | None = None) -> tuple[Plan, Report]:
+    """Compute what `tie` or `untie` would do, without writing anything.
+
+    Example:
+        >>> import tieconv
+        >>> p, report = tieconv.plan("tie", "fixtures/llama-duplicated", "/tmp/never-written")
+        >>> p.dropped, p.bytes_saved
+        (['lm_head.weight'], 2048)
+    """
     if keep not in (None, "embed", "head"):
         raise RefusedError(f"--keep must be 'embed' or 'head', not {keep!r}")
+    if format not in (None, "torch", "safetensors"):
+        raise RefusedError(f"--format must be 'torch' or 'safetensors', not {format!r}")
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
     if action == "tie":
@@ -260,18 +304,27 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     p = Plan(action, str(src), str(dst), report.verdict, None, nothing, reason)
     if nothing:
         return p, report
-    _check_destination(Path(dst), Path(src))
+    _check_destination(Path(dst), Path(src), overwrite)
+    fmt = format or ("torch" if ckpt.layout == "torch-file" else "safetensors")
+    if fmt == "torch" and ckpt.layout != "torch-file":
+        raise RefusedError(f"{src}: --format torch applies to single torch files only; this is {ckpt.layout}")
+    p.output_format, p.link = fmt, link
+    if ckpt.layout == "torch-file" and fmt == "safetensors":
+        p.left_out = _training_entries(ckpt)
 
     aliases = {}
     if action == "tie" and report.head and ckpt.config is None:
         aliases = {k: report.embed.key for k in dropped}  # record `dropped -> kept`, as save_model does
     p.dropped, p.added, p.replaced = sorted(dropped), dict(added), dict(replaced)
     p.config_changes = _config_changes(report, ckpt, flag)
-    p.files = _output_files(ckpt, set(dropped), added, replaced, aliases)
+    p.files = _output_files(ckpt, set(dropped), added, replaced, aliases, fmt)
     p.copied_files = _other_files(ckpt)
-    p.output_layout = _output_layout(ckpt, len(p.files))
+    p.output_layout = _output_layout(ckpt, len(p.files), fmt)
     output_total = sum(t.nbytes for f in p.files for t in f.tensors)
+    p.bytes_before, p.bytes_after = report.bytes.total, output_total
     p.bytes_saved = report.bytes.total - output_total
+    p.parameters_before = report.parameters.stored
+    p.parameters_after = sum(_numel(t.shape) for f in p.files for t in f.tensors)
     if reason.endswith("(--force)"):
         p.output_verdict = report.verdict  # a normalised copy of a consistent checkpoint
     elif action == "tie":
@@ -288,60 +341,144 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
                           "it will ignore the stored head")
     if ckpt.layout.startswith("hf-bin"):
         p.warnings.append("the .bin input is written as safetensors")
+    if p.left_out:
+        p.warnings.append("written as safetensors, which holds tensors only: left out " + ", ".join(p.left_out))
+    p.loader_bytes_saved = _loader_bytes(report) - _loader_bytes_after(report, p)
     return p, report
 
 
-def _output_layout(ckpt: Checkpoint, nfiles: int) -> str:
-    if ckpt.layout in ("safetensors-file", "torch-file"):
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _loader_bytes(report: Report) -> int:
+    """Bytes of parameters a transformers loader allocates for this checkpoint as it stands."""
+    total = report.bytes.total
+    if report.tie_flag.value is not False:
+        total -= report.bytes.reclaimable  # equal copies are tied at load
+    elif report.verdict == "head-missing":
+        total += report.embed.nbytes  # a head is allocated and filled with random values
+    elif report.head and report.identical and report.bytes.reclaimable == 0 and report.head.stored:
+        total += report.head.nbytes  # one storage in a .bin, two parameters once loaded untied
+    return total
+
+
+def _loader_bytes_after(report: Report, p: Plan) -> int:
+    if p.action == "tie":
+        return p.bytes_after
+    if p.output_verdict == "duplicated":  # transformers re-ties equal copies
+        return p.bytes_after - (report.head.nbytes if report.head else 0)
+    return p.bytes_after
+
+
+def _training_entries(ckpt: Checkpoint) -> list[str]:
+    from .checkpoint import load_pickle
+
+    obj = load_pickle(ckpt.root / ckpt.files[0])
+    import torch
+
+    if not isinstance(obj, dict):
+        return []
+    return sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)
+                  and not (isinstance(v, dict) and any(isinstance(x, torch.Tensor) for x in v.values())))
+
+
+def _output_layout(ckpt: Checkpoint, nfiles: int, fmt: str) -> str:
+    if ckpt.layout == "safetensors-file":
         return ckpt.layout
+    if ckpt.layout == "torch-file":
+        return "torch-file" if fmt == "torch" else "safetensors-file"
     return "hf-safetensors" if nfiles == 1 else "hf-safetensors-sharded"
 
 
-def _check_destination(dst: Path, src: Path) -> None:
-    if os.path.lexists(dst):
-        raise OutputError(f"{dst}: already exists; choose a new output path or remove it")
+def _check_destination(dst: Path, src: Path, overwrite: bool) -> None:
+    """Refuse OUT equal to, inside, or containing IN (resolved paths), and an existing OUT without overwrite."""
+    rdst, rsrc = dst.resolve(), src.resolve()
+    for a, b, what in ((rdst, rsrc, "is or is inside the input"), (rsrc, rdst, "contains the input")):
+        try:
+            a.relative_to(b)
+        except ValueError:
+            continue
+        raise OutputError(f"{dst}: {what}; write the output elsewhere")
+    if os.path.lexists(dst) and not overwrite:
+        raise OutputError(f"{dst}: already exists; choose a new output path, or pass --overwrite")
     if not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: does not exist; create the output's parent folder first")
-    try:
-        dst.resolve().relative_to(src.resolve())
-        if src.is_dir():
-            raise OutputError(f"{dst}: is inside the input folder; write the output elsewhere")
-    except ValueError:
-        pass
 
 
 # ---------------------------------------------------------------- executing
 
 
-def execute(p: Plan, report: Report) -> ConversionResult:
-    """Write the plan's output all or nothing and verify it by inspecting it."""
+def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult:
+    """Write the plan's output all or nothing, verify it, then rename it into place."""
+    if verify not in ("sample", "full", "none"):
+        raise RefusedError(f"--verify must be sample, full or none, not {verify!r}")
     start = time.monotonic()
     ckpt: Checkpoint = report.checkpoint
     dst = Path(p.destination)
-    is_file = p.output_layout in ("safetensors-file",) or (p.output_layout == "torch-file" and ckpt.path.is_file())
-    written: list[str] = []
-    with OutputFolder(dst, is_file=is_file) as tmp:
-        if p.output_layout == "torch-file":
+    is_file = ckpt.path.is_file()
+    linked: list[str] = []
+    with OutputFolder(dst, is_file=is_file, overwrite=True) as tmp:
+        if p.output_format == "torch":
             _write_torch_files(ckpt, p, tmp)
         else:
             for f in p.files:
-                entries = [WriteEntry(t.key, t.dtype, t.shape, t.nbytes, _chunks(ckpt, t.source)) for t in f.tensors]
+                if f.unchanged_from:
+                    src_file = ckpt.root / f.unchanged_from
+                    if p.link and link_or_copy(src_file, tmp / f.name) == "linked":
+                        linked.append(f.name)
+                    elif not p.link:
+                        copy_file(src_file, tmp / f.name)
+                    continue
+                entries = [_entry(ckpt, t) for t in f.tensors]
                 write_safetensors(tmp / f.name, entries, f.metadata)
         if p.output_layout == "hf-safetensors-sharded":
-            weight_map = {t.key: f.name for f in p.files for t in f.tensors}
-            total = sum(t.nbytes for f in p.files for t in f.tensors)
-            write_text(tmp / SAFETENSORS_INDEX, json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
+            write_text(tmp / SAFETENSORS_INDEX, _index_text(ckpt, p))
         if ckpt.config is not None:
             write_text(tmp / "config.json", json.dumps(_apply_changes(ckpt.config, p.config_changes), indent=2) + "\n")
         for name in p.copied_files:
             copy_file(ckpt.root / name, tmp / name)
         written = sorted(os.listdir(tmp))
-        check_path = tmp / written[0] if is_file else tmp
-        out_report = inspect(check_path, embed=report.embed.key, head=report.head.key if report.head else None)
-        _verify(p, out_report)
+        if verify != "none":
+            check_path = tmp / written[0] if is_file else tmp
+            out_report = inspect(check_path, embed=report.embed.key, head=report.head.key if report.head else None)
+            _verify(p, ckpt, out_report, full=verify == "full")
+            verdict = out_report.verdict
+        else:
+            verdict = p.output_verdict
     files = [str(dst)] if is_file else [str(dst / n) for n in written]
-    return ConversionResult(p.bytes_saved, files, time.monotonic() - start, out_report.verdict, p, list(p.warnings))
+    warnings = list(p.warnings)
+    if p.link:
+        copied = [f.name for f in p.files if f.unchanged_from and f.name not in linked]
+        if linked:
+            warnings.append(f"hard-linked unchanged shard(s) {', '.join(linked)}: they ARE the input's files")
+        if copied:
+            warnings.append(f"could not hard-link {', '.join(copied)} (another filesystem): copied")
+    return ConversionResult(p.bytes_saved, files, time.monotonic() - start, verdict, p, warnings, linked, verify)
+
+
+def _entry(ckpt: Checkpoint, t: PlannedTensor) -> WriteEntry:
+    src = ckpt.tensors[t.source]
+    if src.offset is not None:  # a byte range of a safetensors file: copied in the kernel, never decoded
+        return WriteEntry(t.key, t.dtype, t.shape, t.nbytes, _chunks(ckpt, t.source), ckpt.root / src.file, src.offset)
+    return WriteEntry(t.key, t.dtype, t.shape, t.nbytes, _chunks(ckpt, t.source))
+
+
+def _index_text(ckpt: Checkpoint, p: Plan) -> str:
+    from .checkpoint import read_json
+
+    old = {}
+    if (ckpt.root / SAFETENSORS_INDEX).is_file():
+        doc = read_json(ckpt.root / SAFETENSORS_INDEX, "index")
+        old = dict(doc.get("metadata") or {}) if isinstance(doc.get("metadata"), dict) else {}
+    meta = {**old, "total_size": p.bytes_after}
+    if "total_parameters" in old:
+        meta["total_parameters"] = p.parameters_after
+    weight_map = {t.key: f.name for f in p.files for t in f.tensors}
+    return json.dumps({"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n"
 
 
 def _chunks(ckpt: Checkpoint, key: str):
@@ -359,15 +496,33 @@ def _apply_changes(config: dict, changes: dict[str, object]) -> dict:
     return out
 
 
-def _verify(p: Plan, out: Report) -> None:
+SAMPLE_BYTES = 4096
+
+
+def _verify(p: Plan, ckpt: Checkpoint, out: Report, full: bool) -> None:
+    """Headers, keys, dtypes, shapes and sizes against the plan; bytes sampled (or all); the verdict."""
+
+    def fail(why: str):
+        raise VerificationError(f"{p.destination}: verification failed: {why}; nothing was written")
+
     if out.verdict != p.output_verdict:
-        raise VerificationError(
-            f"{p.destination}: the output inspects as {out.verdict}, expected {p.output_verdict}; nothing was written"
-        )
-    expected = {t.key for f in p.files for t in f.tensors}
-    got = set(out.checkpoint.tensors)
-    if expected != got:
-        raise VerificationError(f"{p.destination}: the output holds different keys than planned; nothing was written")
+        fail(f"the output inspects as {out.verdict}, expected {p.output_verdict}")
+    written = out.checkpoint
+    planned = {t.key: t for f in p.files for t in f.tensors}
+    if set(planned) != set(written.tensors):
+        fail("the output holds different keys than planned")
+    for key, t in planned.items():
+        w = written.tensors[key]
+        if (w.dtype, tuple(w.shape), w.nbytes) != (t.dtype, tuple(t.shape), t.nbytes):
+            fail(f"{key} is {w.dtype} {list(w.shape)} ({w.nbytes} bytes), planned {t.dtype} {list(t.shape)}")
+        if full:
+            for a, b in zip(written.iter_bytes(key), ckpt.iter_bytes(t.source)):
+                if a != b:
+                    fail(f"the bytes of {key} differ from {t.source}")
+        else:
+            for offset in {0, max(0, t.nbytes // 2 - SAMPLE_BYTES // 2), max(0, t.nbytes - SAMPLE_BYTES)}:
+                if written.read_range(key, offset, SAMPLE_BYTES) != ckpt.read_range(t.source, offset, SAMPLE_BYTES):
+                    fail(f"the bytes of {key} differ from {t.source} at byte {offset}")
 
 
 def _write_torch_files(ckpt: Checkpoint, p: Plan, tmp: Path) -> None:
@@ -379,9 +534,16 @@ def _write_torch_files(ckpt: Checkpoint, p: Plan, tmp: Path) -> None:
     (f,) = p.files
     src = ckpt.root / ckpt.files[0]
     obj = load_pickle(src)
-    # a key that takes another's values gets its own copy, or torch.save would store one shared storage
-    state_dict = {t.key: ckpt._torch[t.source] if t.key == t.source else ckpt._torch[t.source].clone()
-                  for t in f.tensors}
+    # untie: a key that takes another's values, or shares another's storage, gets its own copy,
+    # or torch.save would store one shared storage again
+    state_dict, seen = {}, set()
+    for t in f.tensors:
+        storage = ckpt.tensors[t.source].storage
+        tensor = ckpt._torch[t.source]
+        if p.action == "untie" and (t.key != t.source or storage in seen):
+            tensor = tensor.clone()
+        seen.add(storage)
+        state_dict[t.key] = tensor
     if isinstance(obj, dict):
         for key in NESTED_STATE_DICT_KEYS:
             inner = obj.get(key)
@@ -400,7 +562,8 @@ def _write_torch_files(ckpt: Checkpoint, p: Plan, tmp: Path) -> None:
 
 
 def tie(src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
-        dry_run: bool = False, embed: str | None = None, head: str | None = None) -> ConversionResult:
+        dry_run: bool = False, embed: str | None = None, head: str | None = None, overwrite: bool = False,
+        link: bool = False, verify: str = "sample", format: str | None = None) -> ConversionResult:
     """Write a copy of `src` at `dst` whose head and embedding are stored once and whose config ties them.
 
     Args:
@@ -408,6 +571,10 @@ def tie(src, dst, *, keep: str | None = None, assume_tied: bool = False, force: 
         assume_tied: repair a `head-missing` checkpoint's config (right only if it was trained tied).
         force: write a normalised copy even when there is nothing to do.
         dry_run: plan only; write nothing.
+        overwrite: replace an existing `dst`, only once the new output is complete.
+        link: hard-link unchanged shards instead of copying them (they then ARE the input's files).
+        verify: "sample" (default: headers and sampled bytes), "full" (every byte) or "none".
+        format: for a single torch file, "torch" (default) or "safetensors".
 
     Example:
         >>> import tieconv, tempfile, os
@@ -416,16 +583,17 @@ def tie(src, dst, *, keep: str | None = None, assume_tied: bool = False, force: 
         >>> result.verdict, result.bytes_saved
         ('tied', 2048)
     """
-    return _run("tie", src, dst, keep=keep, assume_tied=assume_tied, force=force, dry_run=dry_run,
-                embed=embed, head=head)
+    return _run("tie", src, dst, dry_run=dry_run, verify=verify, keep=keep, assume_tied=assume_tied, force=force,
+                embed=embed, head=head, overwrite=overwrite, link=link, format=format)
 
 
 def untie(src, dst, *, force: bool = False, dry_run: bool = False, embed: str | None = None,
-          head: str | None = None) -> ConversionResult:
+          head: str | None = None, overwrite: bool = False, link: bool = False, verify: str = "sample",
+          format: str | None = None) -> ConversionResult:
     """Write a copy of `src` at `dst` whose head is its own tensor and whose config unties it.
 
     Every target of the architecture's tie map is materialised (BART's encoder and decoder
-    embeddings too), so transformers loads no random tensor.
+    embeddings too), so transformers loads no random tensor. Options as for `tie`.
 
     Example:
         >>> import tieconv, tempfile, os
@@ -434,16 +602,17 @@ def untie(src, dst, *, force: bool = False, dry_run: bool = False, embed: str | 
         >>> result.verdict, result.bytes_saved
         ('tieable', -2048)
     """
-    return _run("untie", src, dst, force=force, dry_run=dry_run, embed=embed, head=head)
+    return _run("untie", src, dst, dry_run=dry_run, verify=verify, force=force, embed=embed, head=head,
+                overwrite=overwrite, link=link, format=format)
 
 
-def _run(action, src, dst, *, dry_run, **options) -> ConversionResult:
+def _run(action, src, dst, *, dry_run, verify, **options) -> ConversionResult:
     start = time.monotonic()
     p, report = plan(action, src, dst, **options)
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
                                 report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings))
-    result = execute(p, report)
+    result = execute(p, report, verify=verify)
     result.seconds = time.monotonic() - start
     return result
 
@@ -462,9 +631,12 @@ def summary(result: ConversionResult) -> str:
     if p.config_changes:
         lines.append("  config: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in p.config_changes.items()))
     verb = "saved" if result.bytes_saved >= 0 else "added"
+    lines.append(f"  on disk: {human_bytes(p.bytes_before)} -> {human_bytes(p.bytes_after)}; parameters stored: "
+                 f"{p.parameters_before:,} -> {p.parameters_after:,}; a loader allocates "
+                 f"{human_bytes(abs(p.loader_bytes_saved))} {'less' if p.loader_bytes_saved >= 0 else 'more'}")
     if result.files_written:
-        lines.append(f"  wrote {len(result.files_written)} file(s) in {result.seconds:.2f} s; "
-                     f"{verb} {human_bytes(abs(result.bytes_saved))} ({abs(result.bytes_saved)} bytes)")
+        lines.append(f"  wrote {len(result.files_written)} file(s) in {result.seconds:.2f} s (verified: "
+                     f"{result.verified}); {verb} {human_bytes(abs(result.bytes_saved))} ({abs(result.bytes_saved)} bytes)")
     else:
         lines.append(f"  dry run: would write {len(p.files)} weight file(s); "
                      f"{'save' if p.bytes_saved >= 0 else 'add'} {human_bytes(abs(p.bytes_saved))}")

@@ -90,8 +90,12 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> 
         flag = TieFlag(value, source, info.forced, top, text)
         mem = info.memory_names
 
+        # a file saved with transformers 5's in-memory names (VLMs) gets unstored keys in the same style
+        stored = set(ckpt.tensors) | set(ckpt.aliases)
+        memory_style = any(mem.get(d, d) != d and mem.get(d, d) in stored for d in mem)
+
         def stored_name(disk: str) -> str:
-            candidates = [disk, mem.get(disk, disk)]
+            candidates = [mem.get(disk, disk), disk] if memory_style else [disk, mem.get(disk, disk)]
             return _first_stored(ckpt, candidates)
 
         tie_map = {stored_name(t): stored_name(s) for t, s in info.tie_map.items()}
