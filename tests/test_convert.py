@@ -314,3 +314,26 @@ def test_other_files_are_copied_unchanged(tmp_path, fixture_copy):
     assert (tmp_path / "out" / "README.md").read_text() == "# model"
     meta = __import__("tieconv.safetensors_header", fromlist=["x"]).read_header(tmp_path / "out" / "model.safetensors").metadata
     assert meta == {"format": "pt"}
+
+
+def any_logits(path) -> torch.Tensor:
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    if cfg.is_encoder_decoder:
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(path)
+        with torch.no_grad():
+            return model(IDS, decoder_input_ids=IDS).logits
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.mark.parametrize(
+    "action,name",
+    [("untie", "llama-tied"), ("untie", "llama-tied-sharded"), ("untie", "llama-duplicated"),
+     ("untie", "gpt2-tied"), ("untie", "gpt2-bin"), ("untie", "gpt2-bin-sharded"), ("untie", "t5-tied"),
+     ("untie", "bart-tied"), ("tie", "llama-duplicated"), ("tie", "llama-tieable"), ("tie", "llama-embed-missing")],
+)
+def test_lossless_conversions_give_bit_identical_logits(tmp_path, action, name):
+    src = FIXTURES / name
+    getattr(tieconv, action)(src, tmp_path / "out")
+    torch.testing.assert_close(any_logits(tmp_path / "out"), any_logits(src), rtol=0, atol=0)
