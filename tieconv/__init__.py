@@ -15,8 +15,15 @@ __all__ = [
     "tie",
     "untie",
     "plan",
+    "load_state_dict",
+    "save",
+    "memory_report",
+    "tie_on_load",
+    "untie_on_load",
     "Report",
     "Plan",
+    "SaveResult",
+    "MemoryReport",
     "ConversionResult",
     "TieconvError",
     "InputError",
@@ -47,12 +54,23 @@ _LAZY = {
     "plan": ("tieconv.convert", "plan"),
     "Plan": ("tieconv.convert", "Plan"),
     "ConversionResult": ("tieconv.convert", "ConversionResult"),
+    "load_state_dict": ("tieconv.loading", "load_state_dict"),
+    "save": ("tieconv.saving", "save"),
+    "SaveResult": ("tieconv.saving", "SaveResult"),
+    "memory_report": ("tieconv.memory", "memory_report"),
+    "MemoryReport": ("tieconv.memory", "MemoryReport"),
+    "tie_on_load": ("tieconv.hooks", "tie_on_load"),
+    "untie_on_load": ("tieconv.hooks", "untie_on_load"),
 }
 
 if TYPE_CHECKING:
     from .convert import ConversionResult, Plan, plan, tie, untie
+    from .hooks import tie_on_load, untie_on_load
     from .inspection import inspect
+    from .loading import load_state_dict
+    from .memory import MemoryReport, memory_report
     from .report import Report
+    from .saving import SaveResult, save
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,100 @@
+"""`load_state_dict`: any checkpoint layout tieconv reads, as a dict of tensors, tied the way you ask."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from .errors import RefusedError
+from .inspection import inspect
+
+
+def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: str | None = None,
+                    embed: str | None = None, head: str | None = None, device: str = "cpu",
+                    strip_prefix: str | None = None) -> dict:
+    """Load the checkpoint at `path` as `{key: tensor}`, memory-mapped where the format allows.
+
+    Args:
+        tie: None follows the checkpoint (`tied`/`duplicated`: the head is the embedding's tensor
+            object; `untied`/`tieable`: as stored; `conflict`: as stored, with a warning;
+            `head-missing`: raises). True fills or replaces the head with the embedding's tensor
+            (a `conflict` or `untied` raises unless `keep` is given); False gives the head its own copy.
+        keep: "embed" or "head": which matrix survives when `tie=True` meets two different ones.
+        embed, head: keys as stored, overriding what tieconv finds.
+        device: where the tensors go ("cpu" keeps them memory-mapped).
+        strip_prefix: remove this prefix from every key that has it (e.g. "_orig_mod.").
+
+    Example:
+        >>> import tieconv
+        >>> sd = tieconv.load_state_dict("fixtures/llama-tied")
+        >>> sd["lm_head.weight"] is sd["model.embed_tokens.weight"]
+        True
+    """
+    if keep not in (None, "embed", "head"):
+        raise RefusedError(f"keep must be 'embed' or 'head', not {keep!r}")
+    report = inspect(path, embed=embed, head=head, compare=True)
+    ckpt = report.checkpoint
+    state_dict = _read_all(ckpt)
+    v = report.verdict
+    if report.head is not None:
+        e, h = report.embed.key, report.head.key
+        targets = [t for t, s in report.tie_map.items() if s == e] or [h]
+        if tie is None:
+            if v == "head-missing":
+                raise RefusedError(f"{path}: the config unties but no head ({h}) is stored; "
+                                   "pass tie=True to fill it from the embedding")
+            if v == "conflict":
+                warnings.warn(f"{path}: the config ties but {h} and {e} differ; runtimes disagree on which to use "
+                              "(transformers keeps both, vLLM uses the embedding)", stacklevel=2)
+            elif v == "embed-missing" and report.tie_flag.value is not False:
+                state_dict[e] = state_dict[h]
+            elif v in ("tied", "duplicated"):
+                _share(state_dict, e, [t for t in targets if t not in state_dict or t in report.reclaimable_keys
+                                       or t == h])
+        elif tie:
+            if e not in state_dict:
+                state_dict[e] = state_dict[h]
+            if v in ("untied", "conflict") and h in state_dict and state_dict[h] is not state_dict[e]:
+                if keep is None:
+                    raise RefusedError(f"{path}: {h} and {e} differ; pass keep='embed' or keep='head' to choose")
+                if keep == "head":
+                    state_dict[e] = state_dict[h]
+            _share(state_dict, e, [t for t in targets if t not in state_dict or t in report.reclaimable_keys
+                                   or t == h])
+        else:
+            if e not in state_dict:
+                state_dict[e] = state_dict[h].clone()
+            for t in targets:
+                if t not in state_dict or _shares_storage(state_dict[t], state_dict[e]):
+                    state_dict[t] = state_dict[e].clone()
+    if device != "cpu":
+        moved = {}
+        state_dict = {k: moved.setdefault(id(t), t.to(device)) for k, t in state_dict.items()}
+    if strip_prefix:
+        state_dict = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: t for k, t in state_dict.items()}
+    return state_dict
+
+
+def _share(state_dict: dict, source: str, targets: list[str]) -> None:
+    for t in targets:
+        state_dict[t] = state_dict[source]
+
+
+def _shares_storage(a, b) -> bool:
+    return a is b or a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _read_all(ckpt) -> dict:
+    """Every stored tensor; safetensors files are opened once each and their tensors memory-mapped."""
+    state_dict = dict(ckpt._torch)
+    files = sorted({t.file for k, t in ckpt.tensors.items() if k not in state_dict})
+    if files:
+        from safetensors import safe_open
+
+        for name in files:
+            with safe_open(str(ckpt.root / name), framework="pt") as f:
+                for key in f.keys():
+                    state_dict[key] = f.get_tensor(key)
+    for dropped, kept in ckpt.aliases.items():  # `dropped -> kept` recorded by save_model / tieconv.save
+        state_dict.setdefault(dropped, state_dict[kept])
+    return {k: state_dict[k] for k in list(ckpt.tensors) + [a for a in ckpt.aliases if a not in ckpt.tensors]}
