@@ -337,3 +337,15 @@ def test_lossless_conversions_give_bit_identical_logits(tmp_path, action, name):
     src = FIXTURES / name
     getattr(tieconv, action)(src, tmp_path / "out")
     torch.testing.assert_close(any_logits(tmp_path / "out"), any_logits(src), rtol=0, atol=0)
+
+
+def test_gemma_untie_keeps_the_input_scaling_and_warns_about_vllm(tmp_path):
+    torch.manual_seed(0)
+    gemma = transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8))
+    gemma.save_pretrained(tmp_path / "gemma")
+    assert tieconv.inspect(tmp_path / "gemma").verdict == "tied"
+    result = tieconv.untie(tmp_path / "gemma", tmp_path / "out")
+    assert any("vLLM" in w for w in result.warnings)
+    torch.testing.assert_close(any_logits(tmp_path / "out"), any_logits(tmp_path / "gemma"), rtol=0, atol=0)

@@ -103,6 +103,10 @@ class Checkpoint:
         """Return `key` as a torch tensor (memory-mapped where the format allows)."""
         if key in self._torch:
             return self._torch[key]
+        if self.layout == "gguf":
+            from . import gguf_file
+
+            return gguf_file.load_tensor(self.root / self.files[0], key)
         from safetensors import safe_open
 
         info = self.tensors[key]
@@ -332,8 +336,16 @@ def _open_file(path: Path) -> Checkpoint:
             ckpt.notes.append("params.json found beside the file (Meta/TorchChat layout)")
         return ckpt
     if name.endswith(".gguf"):
-        raise InputError(f"{path}: GGUF files are not supported yet")
-    raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth or a model folder")
+        from . import gguf_file
+
+        ckpt = Checkpoint(path, root, "gguf", [name], {})
+        for key, dtype, shape, nbytes, offset in gguf_file.read_tensors(path):
+            if key in ckpt.tensors:
+                raise CorruptFileError(f"{path}: tensor {key!r} appears twice")
+            ckpt.tensors[key] = StoredTensor(key, dtype, shape, nbytes, name, (name, offset), offset)
+        ckpt.notes.append("GGUF carries no tie flag: llama.cpp uses token_embd.weight when output.weight is absent")
+        return ckpt
+    raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth, .gguf or a model folder")
 
 
 def _open_folder(root: Path) -> Checkpoint:

@@ -240,7 +240,7 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
         meta.setdefault("format", "pt")
         kept = {t.key for t in tensors}
         meta.update({d: k for d, k in aliases.items() if k in kept})
-        if ckpt.layout == "safetensors-file" or ckpt.layout == "torch-file" and fmt == "torch":
+        if ckpt.layout in ("safetensors-file", "gguf") or ckpt.layout == "torch-file" and fmt == "torch":
             out_name = Path(name).name
         elif ckpt.layout == "torch-file":
             out_name = Path(name).stem + ".safetensors"
@@ -291,7 +291,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     """
     if keep not in (None, "embed", "head"):
         raise RefusedError(f"--keep must be 'embed' or 'head', not {keep!r}")
-    if format not in (None, "torch", "safetensors"):
+    if format not in (None, "torch", "safetensors", "gguf"):
         raise RefusedError(f"--format must be 'torch' or 'safetensors', not {format!r}")
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
@@ -305,7 +305,9 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     if nothing:
         return p, report
     _check_destination(Path(dst), Path(src), overwrite)
-    fmt = format or ("torch" if ckpt.layout == "torch-file" else "safetensors")
+    fmt = format or {"torch-file": "torch", "gguf": "gguf"}.get(ckpt.layout, "safetensors")
+    if ckpt.layout == "gguf" and fmt != "gguf":
+        raise RefusedError(f"{src}: a GGUF file is written as GGUF; --format does not apply")
     if fmt == "torch" and ckpt.layout != "torch-file":
         raise RefusedError(f"{src}: --format torch applies to single torch files only; this is {ckpt.layout}")
     p.output_format, p.link = fmt, link
@@ -387,7 +389,7 @@ def _training_entries(ckpt: Checkpoint) -> list[str]:
 
 
 def _output_layout(ckpt: Checkpoint, nfiles: int, fmt: str) -> str:
-    if ckpt.layout == "safetensors-file":
+    if ckpt.layout in ("safetensors-file", "gguf"):
         return ckpt.layout
     if ckpt.layout == "torch-file":
         return "torch-file" if fmt == "torch" else "safetensors-file"
@@ -424,6 +426,11 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
     with OutputFolder(dst, is_file=is_file, overwrite=True) as tmp:
         if p.output_format == "torch":
             _write_torch_files(ckpt, p, tmp)
+        elif p.output_format == "gguf":
+            from . import gguf_file
+
+            (f,) = p.files
+            gguf_file.write(ckpt.root / ckpt.files[0], tmp / f.name, [(t.key, t.source) for t in f.tensors])
         else:
             for f in p.files:
                 if f.unchanged_from:

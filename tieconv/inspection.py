@@ -162,6 +162,8 @@ def _tensor_info(ckpt: Checkpoint, key: str) -> TensorInfo:
 
 
 def _check_plain_float(ckpt: Checkpoint, keys: list[str]) -> None:
+    if ckpt.layout == "gguf":
+        return  # quantized tensors are GGUF's normal state; ties there compare type and bytes
     for key in keys:
         t = ckpt.tensors.get(key)
         if t is None:
@@ -209,7 +211,7 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
         identical = True
     elif embed_stored and head_stored and not shapes_differ and compare:
         identical = bytes_identical(ckpt, embed_key, head_key)
-        if dtypes_differ:
+        if dtypes_differ and ckpt.layout != "gguf":
             cast_equal = equal_after_cast(ckpt, embed_key, head_key)
     elif shapes_differ:
         identical = False
@@ -271,9 +273,10 @@ def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shap
     if shapes_differ:
         e, h = ckpt.tensors[names.embed].shape, ckpt.tensors[names.head].shape
         shape_reason = f"shapes differ ({list(e)} vs {list(h)}), so they can never be tied"
-    differ_reason = shape_reason or (
-        "both are stored with different dtypes" if dtypes_differ else "both are stored and differ"
-    )
+    if dtypes_differ:
+        e, h = ckpt.tensors[names.embed].dtype, ckpt.tensors[names.head].dtype
+        dtype_reason = f"both are stored with different types ({e} embedding, {h} head)"
+    differ_reason = shape_reason or (dtype_reason if dtypes_differ else "both are stored and differ")
     undecided = "both are stored but were not compared; compare them to decide"
 
     if flag.value is None or flag.forced:

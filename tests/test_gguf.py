@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tieconv
+from tieconv.cli import main
+from tieconv.errors import CorruptFileError, RefusedError
+
+
+def write_gguf(path, *, head: str | None, head_type=gguf.GGMLQuantizationType.F32, seed=0):
+    """A small llama-arch GGUF written with gguf's own writer. head: None, 'same', 'different'."""
+    rng = np.random.default_rng(seed)
+    embed = rng.standard_normal((64, 16)).astype(np.float32)
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_embedding_length(16)
+    writer.add_string("general.name", "tiny")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(64)])
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(16, dtype=np.float32))
+    if head == "same":
+        writer.add_tensor("output.weight", embed.copy())
+    elif head == "different":
+        other = rng.standard_normal((64, 16)).astype(np.float32)
+        if head_type == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor("output.weight", other.astype(np.float16))
+        else:
+            writer.add_tensor("output.weight", other)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("head,verdict", [(None, "tied"), ("same", "tieable"), ("different", "untied")])
+def test_gguf_verdicts(tmp_path, head, verdict):
+    report = tieconv.inspect(write_gguf(tmp_path / "m.gguf", head=head))
+    assert (report.layout, report.verdict) == ("gguf", verdict)
+    assert report.embed.key == "token_embd.weight" and report.embed.dtype == "F32"
+    assert report.head.key == "output.weight"
+
+
+def test_gguf_head_of_another_type_is_untied_and_names_both(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", head="different", head_type=gguf.GGMLQuantizationType.F16)
+    report = tieconv.inspect(path)
+    assert report.verdict == "untied" and report.head.dtype == "F16" and "F32 embedding, F16 head" in report.reason
+
+
+def _fields(path):
+    reader = gguf.GGUFReader(path)
+    return {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+
+
+def test_gguf_tie_and_untie_round_trip(tmp_path):
+    src = write_gguf(tmp_path / "m.gguf", head="same")
+    result = tieconv.tie(src, tmp_path / "tied.gguf")
+    assert result.verdict == "tied" and result.bytes_saved == 64 * 16 * 4
+    tied = gguf.GGUFReader(tmp_path / "tied.gguf")
+    assert [t.name for t in tied.tensors] == ["token_embd.weight", "blk.0.attn_norm.weight"]
+    assert _fields(tmp_path / "tied.gguf") == _fields(src)
+    orig = {t.name: np.array(t.data) for t in gguf.GGUFReader(src).tensors}
+    for t in tied.tensors:
+        assert np.array_equal(np.array(t.data), orig[t.name])
+
+    result = tieconv.untie(tmp_path / "tied.gguf", tmp_path / "untied.gguf")
+    assert result.verdict == "tieable" and result.bytes_saved == -64 * 16 * 4
+    untied = {t.name: np.array(t.data) for t in gguf.GGUFReader(tmp_path / "untied.gguf").tensors}
+    assert np.array_equal(untied["output.weight"], untied["token_embd.weight"])
+    assert _fields(tmp_path / "untied.gguf") == _fields(src)
+
+
+def test_gguf_tie_refuses_different_heads(tmp_path):
+    src = write_gguf(tmp_path / "m.gguf", head="different")
+    with pytest.raises(RefusedError, match="--keep"):
+        tieconv.tie(src, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_corrupt_gguf(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", head="same")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CorruptFileError, match="m.gguf"):
+        tieconv.inspect(path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
