@@ -178,5 +178,35 @@ def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, lin
     _render_conversion(result, as_json)
 
 
+@main.command("scan", context_settings=CONTEXT)
+@click.argument("dirs", nargs=-1, metavar="[DIR]...")
+@click.option("--json", "as_json", is_flag=True, help="Print rows and totals as JSON.")
+@click.option("--check", is_flag=True, help="Exit 1 when a model has a problem verdict (unreadable ones do not count).")
+@click.option("--no-compare", is_flag=True, help="Read headers only; verdicts that need a comparison are undecided.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_handle_errors
+def scan_command(dirs, as_json, check, no_compare, quiet) -> None:
+    """Inspect every checkpoint below DIR (default: the local Hugging Face cache).
+
+    Finds each cached repo revision, each model folder and each single checkpoint file, and prints
+    one row per model (name, verdict, size, reclaimable bytes) sorted by reclaimable bytes, with
+    totals. What it cannot read gets a warning row; the scan goes on.
+
+    \b
+    Examples:
+      tieconv scan                      # the Hugging Face cache
+      tieconv scan fixtures --json
+      tieconv scan ~/models --check     # exit 1 if any model has a problem
+    """
+    from .progress import set_quiet
+    from .scan import render, scan
+
+    set_quiet(quiet)
+    result = scan(list(dirs) or None, compare=not no_compare)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result))
+    if check and result.problems:
+        sys.exit(EXIT_PROBLEM)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

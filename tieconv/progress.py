@@ -1,0 +1,43 @@
+"""Progress bars on stderr (tqdm), only when stderr is a terminal and not --quiet; never on stdout."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def enabled() -> bool:
+    return not _quiet and sys.stderr.isatty()
+
+
+def colour_enabled() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+
+@contextmanager
+def bar(total: int, desc: str, unit: str = "B"):
+    """A tqdm bar with bytes and rate, or a silent stand-in."""
+    if not enabled() or total <= 0:
+        yield _Silent()
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
+              file=sys.stderr, leave=False, dynamic_ncols=True) as t:
+        yield t
