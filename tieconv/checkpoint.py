@@ -60,6 +60,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     file_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # safetensors __metadata__
     _torch: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> tensor, for pickles
+    _remote: Any = field(default=None, repr=False)  # hub.RemoteFiles, for Hub repos read over HTTP
 
     def iter_bytes(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes | bytearray]:
         """Yield the stored bytes of `key` in chunks of at most `chunk_bytes`.
@@ -72,6 +73,9 @@ class Checkpoint:
             flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
             for start in range(0, info.nbytes, chunk_bytes):
                 yield flat[start : start + chunk_bytes].numpy().tobytes()
+            return
+        if self._remote is not None:
+            yield from self._remote.iter_range(info.file, info.offset, info.nbytes, chunk_bytes)
             return
         buffer = bytearray(min(chunk_bytes, max(info.nbytes, 1)))
         view = memoryview(buffer)
@@ -96,6 +100,8 @@ class Checkpoint:
         if key in self._torch:
             flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
             return flat[start : start + length].numpy().tobytes()
+        if self._remote is not None:
+            return self._remote.read(info.file, info.offset + start, length)
         with open(self.root / info.file, "rb") as f:
             return os.pread(f.fileno(), length, info.offset + start)
 
@@ -107,6 +113,12 @@ class Checkpoint:
             from . import gguf_file
 
             return gguf_file.load_tensor(self.root / self.files[0], key)
+        if self._remote is not None:
+            torch = _torch()
+            info = self.tensors[key]
+            dtype = getattr(torch, TORCH_DTYPE_OF[info.dtype])
+            data = bytearray(b"".join(self.iter_bytes(key)))
+            return torch.frombuffer(data, dtype=dtype).reshape(info.shape) if data else torch.empty(info.shape, dtype=dtype)
         from safetensors import safe_open
 
         info = self.tensors[key]
@@ -221,6 +233,9 @@ _TORCH_DTYPES = {
     "uint64": "U64", "complex64": "C64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
     "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
 }
+
+
+TORCH_DTYPE_OF = {v: k for k, v in _TORCH_DTYPES.items()}  # safetensors name -> torch attribute
 
 
 def torch_dtype_name(dtype) -> str:

@@ -69,13 +69,18 @@ def main() -> None:
 @click.option(
     "--no-compare", is_flag=True, help="Do not compare the matrices' bytes; such verdicts become `undecided`."
 )
+@click.option("--no-download", is_flag=True, help="Hub repos: read headers only, never tensor bytes (= --no-compare).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
-def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, head: str | None, no_compare: bool) -> None:
+def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, head: str | None, no_compare: bool,
+                    no_download: bool, quiet: bool) -> None:
     """Name the tying state of the checkpoint at PATH with one verdict, and the evidence.
 
     PATH is a Hugging Face model folder (safetensors or .bin, single or sharded), a single
-    .safetensors / .bin / .pt / .pth file (Meta, TorchChat, nanoGPT, torchtune), or a
-    sentence-transformers folder.
+    .safetensors / .bin / .pt / .pth file (Meta, TorchChat, nanoGPT, torchtune), a .gguf file,
+    a sentence-transformers folder, or a Hub repo id `org/name[@revision]` (a local path that
+    exists wins; a repo's safetensors headers are read over HTTP, and only the two tensors'
+    bytes are fetched when the verdict needs the comparison).
 
     \b
     Verdicts: tied, duplicated, untied, tieable, conflict, head-missing, embed-missing,
@@ -86,11 +91,14 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
       tieconv inspect fixtures/llama-duplicated
       tieconv inspect ckpt.pt --json
       tieconv inspect model.safetensors --embed tok_embeddings.weight --head output.weight
+      tieconv inspect Qwen/Qwen2.5-0.5B@main --no-download
     """
     from .inspection import inspect
+    from .progress import set_quiet
     from .report import render
 
-    report = inspect(path, embed=embed, head=head, compare=not no_compare)
+    set_quiet(quiet)
+    report = inspect(path, embed=embed, head=head, compare=not (no_compare or no_download))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

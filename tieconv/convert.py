@@ -293,6 +293,11 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
         raise RefusedError(f"--keep must be 'embed' or 'head', not {keep!r}")
     if format not in (None, "torch", "safetensors", "gguf"):
         raise RefusedError(f"--format must be 'torch' or 'safetensors', not {format!r}")
+    from . import hub
+
+    if hub.is_repo_id(src):
+        repo, revision = hub.parse_repo_id(str(src))
+        src = hub.download(repo, revision)  # into the cache: one weight format and the small files
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
     if action == "tie":

@@ -45,7 +45,16 @@ def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | No
         >>> report.verdict, report.head.stored
         ('tied', False)
     """
+    from . import hub
+
+    if hub.is_repo_id(path):
+        ckpt, counter = hub.open_repo(str(path), compare=compare)
+        report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
+        report.downloaded_bytes = counter.bytes
+        return report
     ckpt = open_checkpoint(path)
+    if hub.parse_repo_id(str(path)):
+        ckpt.notes.append(f"{path}: the local path was used, not the Hub repo of the same name")
     return inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
 
 

@@ -32,6 +32,11 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
     """
     if keep not in (None, "embed", "head"):
         raise RefusedError(f"keep must be 'embed' or 'head', not {keep!r}")
+    from . import hub
+
+    if hub.is_repo_id(path):
+        repo, revision = hub.parse_repo_id(str(path))
+        path = hub.download(repo, revision)
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
     state_dict = _read_all(ckpt)

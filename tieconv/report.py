@@ -66,6 +66,7 @@ class Report:
     reason: str
     advice: str
     notes: list[str] = field(default_factory=list)
+    downloaded_bytes: int = 0  # bytes fetched from the Hub to decide (0 for local paths)
     schema_version: int = SCHEMA_VERSION
     checkpoint: Any = field(default=None, repr=False, compare=False)  # the reader, for conversion
 
@@ -118,6 +119,8 @@ def render(report: Report) -> str:
         f"{'size':<10} {human_bytes(report.bytes.total)}, reclaimable {human_bytes(report.bytes.reclaimable)}"
         f"  ({report.parameters.unique:,} unique of {report.parameters.stored:,} stored parameters)",
     ]
+    if report.layout == "hub":
+        lines.append(f"{'download':<10} {human_bytes(report.downloaded_bytes)} fetched from the Hub")
     lines += [f"{'note':<10} {n}" for n in report.notes]
     lines.append(f"{'advice':<10} {report.advice}")
     return "\n".join(lines)
