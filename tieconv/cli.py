@@ -97,12 +97,14 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
     from .progress import set_quiet
     from .report import render
 
+    from .progress import colour_enabled
+
     set_quiet(quiet)
     report = inspect(path, embed=embed, head=head, compare=not (no_compare or no_download))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        click.echo(render(report))
+        click.echo(render(report, colour=colour_enabled()))
     if check and report.problem:
         sys.exit(EXIT_PROBLEM)
 
@@ -123,6 +125,7 @@ def _conversion_options(func):
                      help="Check the output: headers and sampled bytes, every byte, or nothing."),
         click.option("--format", "fmt", type=click.Choice(["torch", "safetensors"]),
                      help="Output format for a single torch file (default: its own)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -143,7 +146,8 @@ def _render_conversion(result, as_json: bool) -> None:
 @click.option("--keep", type=click.Choice(["embed", "head"]), help="Matrix that survives when the two differ.")
 @click.option("--assume-tied", is_flag=True, help="Repair a head-missing checkpoint that was trained tied.")
 @_handle_errors
-def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt, keep, assume_tied) -> None:
+def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt, quiet, keep,
+                assume_tied) -> None:
     """Write OUT: IN with the head and the embedding stored once and a config that ties them.
 
     Drops the head and every other tie-map target stored as a bit-identical copy, sets the
@@ -158,7 +162,9 @@ def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link,
       tieconv tie fixtures/llama-head-missing /tmp/out --assume-tied --dry-run
     """
     from .convert import tie
+    from .progress import set_quiet
 
+    set_quiet(quiet)
     result = tie(src, dst, keep=keep, assume_tied=assume_tied, force=force, dry_run=dry_run, embed=embed, head=head,
                  overwrite=overwrite, link=link, verify=verify, format=fmt)
     _render_conversion(result, as_json)
@@ -167,7 +173,7 @@ def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link,
 @main.command("untie", context_settings=CONTEXT)
 @_conversion_options
 @_handle_errors
-def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt) -> None:
+def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt, quiet) -> None:
     """Write OUT: IN with the head as its own tensor and a config that unties it.
 
     Stores a copy of the embedding under every tie-map target a loader reads (BART's
@@ -180,7 +186,9 @@ def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, lin
       tieconv untie fixtures/bart-tied /tmp/bart-untied --json
     """
     from .convert import untie
+    from .progress import set_quiet
 
+    set_quiet(quiet)
     result = untie(src, dst, force=force, dry_run=dry_run, embed=embed, head=head, overwrite=overwrite, link=link,
                    verify=verify, format=fmt)
     _render_conversion(result, as_json)

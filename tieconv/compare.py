@@ -12,10 +12,14 @@ def bytes_identical(ckpt: Checkpoint, a: str, b: str, chunk_bytes: int = CHUNK_B
         return False
     if ta.storage == tb.storage:
         return True
+    from .progress import bar
+
     # each stream has its own buffer, so a's chunk stays valid while b's is read
-    for chunk_a, chunk_b in zip(ckpt.iter_bytes(a, chunk_bytes), ckpt.iter_bytes(b, chunk_bytes)):
-        if chunk_a != chunk_b:
-            return False
+    with bar(ta.nbytes, "comparing") as progress:
+        for chunk_a, chunk_b in zip(ckpt.iter_bytes(a, chunk_bytes), ckpt.iter_bytes(b, chunk_bytes)):
+            if chunk_a != chunk_b:
+                return False
+            progress.update(len(chunk_a))
     return True
 
 

@@ -437,16 +437,10 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
             (f,) = p.files
             gguf_file.write(ckpt.root / ckpt.files[0], tmp / f.name, [(t.key, t.source) for t in f.tensors])
         else:
-            for f in p.files:
-                if f.unchanged_from:
-                    src_file = ckpt.root / f.unchanged_from
-                    if p.link and link_or_copy(src_file, tmp / f.name) == "linked":
-                        linked.append(f.name)
-                    elif not p.link:
-                        copy_file(src_file, tmp / f.name)
-                    continue
-                entries = [_entry(ckpt, t) for t in f.tensors]
-                write_safetensors(tmp / f.name, entries, f.metadata)
+            from .progress import bar
+
+            with bar(p.bytes_after, "writing") as progress:
+                _write_safetensors_files(ckpt, p, tmp, linked, progress)
         if p.output_layout == "hf-safetensors-sharded":
             write_text(tmp / SAFETENSORS_INDEX, _index_text(ckpt, p))
         if ckpt.config is not None:
@@ -470,6 +464,19 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
         if copied:
             warnings.append(f"could not hard-link {', '.join(copied)} (another filesystem): copied")
     return ConversionResult(p.bytes_saved, files, time.monotonic() - start, verdict, p, warnings, linked, verify)
+
+
+def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[str], progress) -> None:
+    for f in p.files:
+        if f.unchanged_from:
+            src_file = ckpt.root / f.unchanged_from
+            if p.link and link_or_copy(src_file, tmp / f.name) == "linked":
+                linked.append(f.name)
+            elif not p.link:
+                copy_file(src_file, tmp / f.name)
+        else:
+            write_safetensors(tmp / f.name, [_entry(ckpt, t) for t in f.tensors], f.metadata)
+        progress.update(sum(t.nbytes for t in f.tensors))
 
 
 def _entry(ckpt: Checkpoint, t: PlannedTensor) -> WriteEntry:

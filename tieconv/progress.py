@@ -10,8 +10,15 @@ _quiet = False
 
 
 def set_quiet(quiet: bool) -> None:
+    """Silence (or allow) tieconv's bars and huggingface_hub's download bars."""
     global _quiet
     _quiet = quiet
+    try:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (disable_progress_bars if not enabled() else enable_progress_bars)()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def enabled() -> bool:
@@ -39,5 +46,5 @@ def bar(total: int, desc: str, unit: str = "B"):
     from tqdm import tqdm
 
     with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
-              file=sys.stderr, leave=False, dynamic_ncols=True) as t:
+              file=sys.stderr, leave=False) as t:
         yield t

@@ -91,8 +91,16 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
-def render(report: Report) -> str:
-    """A short, readable table."""
+VERDICT_COLOURS = {"tied": "32", "untied": "32", "tieable": "32", "no-head": "32", "duplicated": "33",
+                   "undecided": "33", "conflict": "31", "head-missing": "31", "embed-missing": "31"}
+
+
+def paint(verdict: str, colour: bool) -> str:
+    return f"\x1b[{VERDICT_COLOURS.get(verdict, '0')}m{verdict}\x1b[0m" if colour else verdict
+
+
+def render(report: Report, colour: bool = False) -> str:
+    """A short, readable table (ANSI colours only when asked: a terminal without NO_COLOR)."""
 
     def tensor_line(label: str, t: TensorInfo | None) -> str:
         if t is None:
@@ -111,7 +119,7 @@ def render(report: Report) -> str:
         f"{'path':<10} {report.path}",
         f"{'layout':<10} {report.layout}  ({len(report.files)} file{'s' if len(report.files) != 1 else ''})",
         f"{'model':<10} {report.architecture or 'unknown (no config)'}",
-        f"{'verdict':<10} {report.verdict}  - {report.reason}",
+        f"{'verdict':<10} {paint(report.verdict, colour)}  - {report.reason}",
         tensor_line("embedding", report.embed),
         tensor_line("head", report.head),
         f"{'tie flag':<10} {flag_text}",
