@@ -44,6 +44,18 @@ def _handle_errors(func):
     return click.option("--debug", is_flag=True, help="Show the traceback of internal errors.")(wrapper)
 
 
+def _install_signal_handlers() -> None:
+    """SIGTERM cleans up like Ctrl-C; SIGXFSZ is ignored so a file size limit surfaces as EFBIG."""
+    import signal
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="tieconv")
 def main() -> None:
@@ -58,6 +70,7 @@ def main() -> None:
     Exit codes: 0 success; 1 --check found a problem; 2 bad input, a refusal or a failed
     verification; 70 an internal error.
     """
+    _install_signal_handlers()
 
 
 @main.command("inspect", context_settings=CONTEXT)

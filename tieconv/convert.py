@@ -65,6 +65,7 @@ class Plan:
     parameters_after: int = 0
     loader_bytes_saved: int = 0  # what a transformers loader no longer allocates (negative: allocates more)
     output_format: str = "safetensors"
+    overwrite: bool = False
     left_out: list[str] = field(default_factory=list)  # entries of a training checkpoint not carried over
     link: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -315,7 +316,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
         raise RefusedError(f"{src}: a GGUF file is written as GGUF; --format does not apply")
     if fmt == "torch" and ckpt.layout != "torch-file":
         raise RefusedError(f"{src}: --format torch applies to single torch files only; this is {ckpt.layout}")
-    p.output_format, p.link = fmt, link
+    p.output_format, p.link, p.overwrite = fmt, link, overwrite
     if ckpt.layout == "torch-file" and fmt == "safetensors":
         p.left_out = _training_entries(ckpt)
 
@@ -428,7 +429,8 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
     dst = Path(p.destination)
     is_file = ckpt.path.is_file()
     linked: list[str] = []
-    with OutputFolder(dst, is_file=is_file, overwrite=True) as tmp:
+    needed = _bytes_needed(ckpt, p)
+    with OutputFolder(dst, is_file=is_file, overwrite=p.overwrite, needed_bytes=needed) as tmp:
         if p.output_format == "torch":
             _write_torch_files(ckpt, p, tmp)
         elif p.output_format == "gguf":
@@ -477,6 +479,17 @@ def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[
         else:
             write_safetensors(tmp / f.name, [_entry(ckpt, t) for t in f.tensors], f.metadata)
         progress.update(sum(t.nbytes for t in f.tensors))
+
+
+def _bytes_needed(ckpt: Checkpoint, p: Plan) -> int:
+    """Bytes the output takes on the output's filesystem (hard-linked shards take none)."""
+    total = 0
+    for f in p.files:
+        if p.link and f.unchanged_from:
+            continue
+        total += sum(t.nbytes for t in f.tensors) + 64 * 1024  # headers
+    total += sum((ckpt.root / n).stat().st_size for n in p.copied_files)
+    return total
 
 
 def _entry(ckpt: Checkpoint, t: PlannedTensor) -> WriteEntry:

@@ -7,10 +7,23 @@ escapes is a bug (exit code 70).  Messages name the file or key and say what to 
 from __future__ import annotations
 
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class TieconvError(Exception):
-    """Base class: bad input, a refusal, or a failed verification (exit code 2)."""
+    """Base class: bad input, a refusal, or a failed verification (exit code 2).
+
+    Messages often quote names taken from files (keys, shard names); control characters in them
+    are escaped so a message is always one printable line.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *args):
+        message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(message))
+        super().__init__(message, *args)
 
 
 class InputError(TieconvError):

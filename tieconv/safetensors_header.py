@@ -95,7 +95,7 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise bad(f"entry {name!r} must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise bad(f"entry {name!r} has unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise bad(f"entry {name!r} has an invalid shape {shape!r}")

@@ -132,33 +132,81 @@ def copy_file(src: Path, dst: Path) -> None:
 
 
 class OutputFolder:
-    """Write into a temporary sibling of `final`, then rename it into place: all or nothing."""
+    """Write into a temporary sibling of `final`, then rename it into place: all or nothing.
 
-    def __init__(self, final: Path, is_file: bool = False, overwrite: bool = False):
+    A lock file beside `final` (`<OUT>.tieconv-lock`, flock) lets one process write a given OUT at a
+    time; another fails at once. Temporary folders are named `<OUT>.tieconv-tmp-<pid>` so that a
+    later run can recognise the ones a killed process left behind and remove them, but only when
+    that process is no longer alive.
+    """
+
+    def __init__(self, final: Path, is_file: bool = False, overwrite: bool = False, needed_bytes: int = 0):
         self.final = final
         self.is_file = is_file
         self.overwrite = overwrite
+        self.needed_bytes = needed_bytes
         self.tmp = final.parent / f"{final.name}{TMP_MARK}{os.getpid()}"
+        self.lock_path = final.parent / f"{final.name}{LOCK_MARK}"
+        self._lock_fd: int | None = None
 
     def __enter__(self) -> Path:
-        if os.path.lexists(self.final) and not self.overwrite:
-            raise OutputError(f"{self.final}: already exists; choose a new output path, or pass --overwrite")
         if not self.final.parent.is_dir():
             raise OutputError(f"{self.final.parent}: output folder's parent does not exist")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
+        self._lock()
+        try:
+            if os.path.lexists(self.final) and not self.overwrite:
+                raise OutputError(f"{self.final}: already exists; choose a new output path, or pass --overwrite")
+            remove_stale_temporaries(self.final)
+            free = shutil.disk_usage(self.final.parent).free
+            if self.needed_bytes > free:
+                raise OutputError(f"{self.final}: needs {self.needed_bytes} bytes but only {free} are free on "
+                                  f"{self.final.parent}; free space and retry")
+            self.tmp.mkdir()  # fails on anything already there, a planted link included
+        except BaseException:
+            self._unlock()
+            raise
         return self.tmp
 
+    def _lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{self.final}: another tieconv process is writing it (lock {self.lock_path}); "
+                              "wait for it or choose another output") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._finish(exc_type, exc)
+        finally:
+            self._unlock()
+
+    def _finish(self, exc_type, exc) -> None:
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
-                raise OutputError(f"{self.final}: {os.strerror(exc.errno)} while writing; free space and retry") from None
+            _remove(self.tmp)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise OutputError(
+                    f"{self.final}: {os.strerror(exc.errno).lower()} while writing; the output needs "
+                    f"{self.needed_bytes} bytes: free space (or raise the file size limit) and retry"
+                ) from None
             return
         old = None
         if os.path.lexists(self.final):
             if not self.overwrite:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                _remove(self.tmp)
                 raise OutputError(f"{self.final}: appeared while writing; not overwriting it")
             # the new output is complete: move the old aside, move the new in, delete the old
             old = self.final.parent / f"{self.final.name}{TMP_MARK}old-{os.getpid()}"
@@ -171,10 +219,43 @@ class OutputFolder:
             os.rename(self.tmp, self.final)
         _fsync_dir(self.final.parent)
         if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
+            _remove(old)
+
+
+LOCK_MARK = ".tieconv-lock"
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder without ever following a link."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove `<OUT>.tieconv-tmp-<pid>` leftovers whose process is gone; keep those of live processes."""
+    removed = []
+    prefix = f"{final.name}{TMP_MARK}"
+    for entry in final.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        tail = entry.name[len(prefix):].removeprefix("old-")
+        if not tail.isdigit() or (_alive(int(tail)) and int(tail) != os.getpid()):
+            continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
