@@ -55,7 +55,7 @@ _LAZY = {
     "plan": ("tieconv.convert", "plan"),
     "Plan": ("tieconv.convert", "Plan"),
     "ConversionResult": ("tieconv.convert", "ConversionResult"),
-    "scan": ("tieconv.scan", "scan"),
+    "scan": ("tieconv.scanning", "scan"),
     "load_state_dict": ("tieconv.loading", "load_state_dict"),
     "save": ("tieconv.saving", "save"),
     "SaveResult": ("tieconv.saving", "SaveResult"),
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from .memory import MemoryReport, memory_report
     from .report import Report
     from .saving import SaveResult, save
-    from .scan import scan
+    from .scanning import scan
 
 
 def __getattr__(name: str) -> Any:

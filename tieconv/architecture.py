@@ -191,6 +191,9 @@ def _reduced(config: dict, tie: bool | None) -> dict:
     return out
 
 
+MAX_FULL_DEPTH = 1000  # a hostile config's layer count must not cost minutes
+
+
 def _build_skeleton(cls, config: dict):
     import torch
 
@@ -199,6 +202,9 @@ def _build_skeleton(cls, config: dict):
         with torch.device("meta"):
             return cls(cfg), cfg
     except Exception:  # noqa: BLE001 - some classes reject a reduced depth: build at full depth on meta
+        depths = [v for k, v in config.items() if k in DEPTH_KEYS and isinstance(v, int)]
+        if any(d > MAX_FULL_DEPTH for d in depths):
+            raise
         cfg = cls.config_class.from_dict({**config, FLAG: True})
         with torch.device("meta"):
             return cls(cfg), cfg

@@ -228,7 +228,7 @@ def scan_command(dirs, as_json, check, no_compare, quiet) -> None:
       tieconv scan ~/models --check     # exit 1 if any model has a problem
     """
     from .progress import set_quiet
-    from .scan import render, scan
+    from .scanning import render, scan
 
     set_quiet(quiet)
     result = scan(list(dirs) or None, compare=not no_compare)

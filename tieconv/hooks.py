@@ -106,6 +106,13 @@ class HookHandle:
         self._handles.clear()
 
 
+def _register(module, pairs, pre_hook, post_hook) -> HookHandle:
+    handle = HookHandle(pairs)
+    handle._handles.append(module.register_load_state_dict_pre_hook(pre_hook))
+    handle._handles.append(module.register_load_state_dict_post_hook(post_hook))
+    return handle
+
+
 def tie_on_load(module, embed: str | None = None, head: str | None = None, *, keep: str | None = None) -> HookHandle:
     """Make `module.load_state_dict(sd)` tie the head to the embedding.
 
@@ -159,10 +166,7 @@ def tie_on_load(module, embed: str | None = None, head: str | None = None, *, ke
             if getattr(owner, leaf) is not shared:
                 setattr(owner, leaf, shared)
 
-    handle = HookHandle(pairs)
-    handle._handles.append(module.register_load_state_dict_pre_hook(pre_hook))
-    handle._handles.append(module.register_load_state_dict_post_hook(post_hook))
-    return handle
+    return _register(module, pairs, pre_hook, post_hook)
 
 
 def untie_on_load(module, embed: str | None = None, head: str | None = None) -> HookHandle:
@@ -208,7 +212,4 @@ def untie_on_load(module, embed: str | None = None, head: str | None = None) -> 
                 setattr(owner, leaf, torch.nn.Parameter(embed_param.detach().clone(),
                                                         requires_grad=embed_param.requires_grad))
 
-    handle = HookHandle(pairs)
-    handle._handles.append(module.register_load_state_dict_pre_hook(pre_hook))
-    handle._handles.append(module.register_load_state_dict_post_hook(post_hook))
-    return handle
+    return _register(module, pairs, pre_hook, post_hook)

@@ -153,7 +153,7 @@ def _list_files(repo: str, revision: str | None) -> list[str] | None:
         return None  # no network: fall back to the cache
 
 
-def open_repo(text: str, *, compare: bool = True) -> tuple[Checkpoint, DownloadCounter]:
+def open_repo(text: str) -> tuple[Checkpoint, DownloadCounter]:
     """A `Checkpoint` for the Hub repo `org/name[@revision]`, reading headers only where it can."""
     from .checkpoint import open_checkpoint, read_json
 

@@ -15,7 +15,6 @@ from .safetensors_header import FLOAT_DTYPES
 
 # companions that quantization libraries store beside a quantized weight
 QUANT_SUFFIXES = (".SCB", ".absmax", ".quant_map", ".quant_state", ".qweight", ".scales", ".weight_scale", ".qzeros")
-MAX_SKELETON_LAYERS = 1000  # never build a hostile config at full depth beyond this
 
 
 @dataclass
@@ -48,7 +47,7 @@ def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | No
     from . import hub
 
     if hub.is_repo_id(path):
-        ckpt, counter = hub.open_repo(str(path), compare=compare)
+        ckpt, counter = hub.open_repo(str(path))
         report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
         report.downloaded_bytes = counter.bytes
         return report

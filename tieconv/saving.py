@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+from .checkpoint import SAFETENSORS_INDEX
 from .errors import OutputError
 from .names import KNOWN_PAIRS, strip_wrappers
 
@@ -140,5 +140,3 @@ def save(obj, path: str | os.PathLike, *, max_shard_size: int | str = "5GB",
     saved = sum(state_dict[d].numel() * state_dict[d].element_size() for d in dropped)
     return SaveResult([str(folder / f) for f in files], written, saved, dropped)
 
-
-__all__ = ["save", "SaveResult", "SAFETENSORS_SINGLE"]

@@ -273,16 +273,3 @@ def _fsync_dir(path: Path) -> None:
 
 def shard_name(index: int, count: int) -> str:
     return f"model-{index:05d}-of-{count:05d}.safetensors"
-
-
-def group_into_shards(items: Iterable[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
-    """Greedy split of (key, nbytes) in order, like huggingface_hub's splitter (sizes, not tensors)."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for key, nbytes in items:
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(key)
-        size += nbytes
-    return shards
