@@ -260,6 +260,9 @@ def test_output_never_follows_a_planted_link(tmp_path):
     assert list(victim.iterdir()) == []
     result = cli("tie", FIXTURES / "llama-duplicated", tmp_path / "out", "--overwrite")
     assert result.returncode == 0 and not (tmp_path / "out").is_symlink() and list(victim.iterdir()) == []
+    (tmp_path / "out2.tieconv-lock").symlink_to(victim / "lock")  # a link planted at the lock's name
+    result = cli("tie", FIXTURES / "llama-duplicated", tmp_path / "out2")
+    assert result.returncode == 2 and "lock" in result.stderr and list(victim.iterdir()) == []
 
 
 # ---------------------------------------------------------------- 7. concurrent runs

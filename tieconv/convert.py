@@ -296,8 +296,9 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
         raise RefusedError(f"--format must be 'torch' or 'safetensors', not {format!r}")
     from . import hub
 
+    named = str(src)
     if hub.is_repo_id(src):
-        repo, revision = hub.parse_repo_id(str(src))
+        repo, revision = hub.parse_repo_id(named)
         src = hub.download(repo, revision)  # into the cache: one weight format and the small files
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
@@ -307,7 +308,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
         dropped, added, replaced, flag, nothing, reason = _untie_ops(report, force)
     else:
         raise ValueError(action)
-    p = Plan(action, str(src), str(dst), report.verdict, None, nothing, reason)
+    p = Plan(action, named, str(dst), report.verdict, None, nothing, reason)
     if nothing:
         return p, report
     _check_destination(Path(dst), Path(src), overwrite)

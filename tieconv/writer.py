@@ -170,7 +170,11 @@ class OutputFolder:
     def _lock(self) -> None:
         import fcntl
 
-        fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:  # a link planted at the lock's name is never followed
+            raise OutputError(f"{self.lock_path}: cannot create the lock file ({exc.strerror}); "
+                              "remove it if no tieconv process is running") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
