@@ -61,6 +61,7 @@ class Checkpoint:
     file_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # safetensors __metadata__
     _torch: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> tensor, for pickles
     _remote: Any = field(default=None, repr=False)  # hub.RemoteFiles, for Hub repos read over HTTP
+    _pickles: dict[str, Any] = field(default_factory=dict, repr=False)  # file -> the whole loaded object
 
     def iter_bytes(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes | bytearray]:
         """Yield the stored bytes of `key` in chunks of at most `chunk_bytes`.
@@ -300,6 +301,7 @@ def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
     if not path.is_file():
         raise InputError(f"{path}: shard named by the index is missing; re-download the checkpoint")
     obj = load_pickle(path, ckpt.notes)
+    ckpt._pickles[name] = obj  # kept (memory-mapped) so a conversion can rewrite the wrapper without a reload
     state_dict, nested = _find_state_dict(obj, path)
     if nested:
         ckpt.notes.append(f"{name}: state dict read from the training checkpoint's {nested!r} entry")

@@ -384,11 +384,9 @@ def _loader_bytes_after(report: Report, p: Plan) -> int:
 
 
 def _training_entries(ckpt: Checkpoint) -> list[str]:
-    from .checkpoint import load_pickle
-
-    obj = load_pickle(ckpt.root / ckpt.files[0])
     import torch
 
+    obj = ckpt._pickles[ckpt.files[0]]
     if not isinstance(obj, dict):
         return []
     return sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)
@@ -562,11 +560,10 @@ def _write_torch_files(ckpt: Checkpoint, p: Plan, tmp: Path) -> None:
     """torch-file in, torch-file out: the pickle is rewritten (plain tensors only) with the same wrapper."""
     import torch
 
-    from .checkpoint import NESTED_STATE_DICT_KEYS, load_pickle
+    from .checkpoint import NESTED_STATE_DICT_KEYS
 
     (f,) = p.files
-    src = ckpt.root / ckpt.files[0]
-    obj = load_pickle(src)
+    obj = ckpt._pickles[ckpt.files[0]]
     # untie: a key that takes another's values, or shares another's storage, gets its own copy,
     # or torch.save would store one shared storage again
     state_dict, seen = {}, set()

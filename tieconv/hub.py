@@ -10,6 +10,7 @@ header strictly, and compare two tensors chunk by chunk as they arrive.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,18 +245,16 @@ def download(repo: str, revision: str | None, counter: DownloadCounter | None = 
         weights = [BIN_SINGLE, "pytorch_model*.bin", BIN_INDEX]
     else:
         weights = ["*.gguf", "*.pth", "*.pt"]
-    before = _cache_size()
+    blobs = _blobs_folder(repo)
+    before = set(os.listdir(blobs)) if blobs.is_dir() else set()
     path = Path(snapshot_download(repo, revision=revision, allow_patterns=weights + SMALL_FILES))
-    if counter is not None:
-        counter.bytes += max(0, _cache_size() - before)
+    if counter is not None and blobs.is_dir():
+        counter.bytes += sum((blobs / b).stat().st_size for b in set(os.listdir(blobs)) - before)
     return path
 
 
-def _cache_size() -> int:
+def _blobs_folder(repo: str) -> Path:
+    """The cache's blobs/ folder of `repo` (huggingface_hub's cache layout)."""
     from huggingface_hub import constants
 
-    total = 0
-    for p in Path(constants.HF_HUB_CACHE).rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            total += p.stat().st_size
-    return total
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "blobs"
