@@ -13,12 +13,13 @@ def set_quiet(quiet: bool) -> None:
     """Silence (or allow) tieconv's bars and huggingface_hub's download bars."""
     global _quiet
     _quiet = quiet
-    try:
+    if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
         (disable_progress_bars if not enabled() else enable_progress_bars)()
-    except ImportError:  # pragma: no cover
-        pass
+    elif not enabled():
+        # read by huggingface_hub when it is imported; importing it here would slow every start-up
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 def enabled() -> bool:
