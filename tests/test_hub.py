@@ -117,8 +117,10 @@ def test_tie_a_repo_then_use_the_cache_offline(hub, tmp_path):
 
 
 def test_unknown_repo_is_a_clean_error(hub, tmp_path):
-    result = tieconv(["inspect", "org/nope"], endpoint=hub, home=tmp_path / "hf")
-    assert result.returncode == 2 and "org/nope" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    for args in (["inspect", "org/nope"], ["tie", "org/nope", tmp_path / "out"]):
+        result = tieconv(args, endpoint=hub, home=tmp_path / "hf")
+        assert result.returncode == 2 and "org/nope" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_local_path_wins(hub, tmp_path, monkeypatch):

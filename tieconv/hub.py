@@ -247,7 +247,10 @@ def download(repo: str, revision: str | None, counter: DownloadCounter | None = 
         weights = ["*.gguf", "*.pth", "*.pt"]
     blobs = _blobs_folder(repo)
     before = set(os.listdir(blobs)) if blobs.is_dir() else set()
-    path = Path(snapshot_download(repo, revision=revision, allow_patterns=weights + SMALL_FILES))
+    try:
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=weights + SMALL_FILES))
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub's errors, turned into one line
+        raise _hub_error(repo, exc) from None
     if counter is not None and blobs.is_dir():
         counter.bytes += sum((blobs / b).stat().st_size for b in set(os.listdir(blobs)) - before)
     return path
