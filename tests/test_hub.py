@@ -28,8 +28,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    if shutil.which("olah-cli") is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+    pytest.importorskip("olah", reason="olah is a test extra: pip install -e '.[test]'")
     base = tmp_path_factory.mktemp("olah")
     for repo, fixture in REPOS.items():
         dst = base / "mirrors" / "models" / repo
@@ -44,7 +43,9 @@ def hub(tmp_path_factory):
         f'mirror-lfs-netloc = "127.0.0.1:{port}"\nmirrors-path = ["{base / "mirrors"}"]\n'
         f'repos-path = "{base / "repos"}"\n\n[accessibility]\noffline = true\n')
     log = open(base / "olah.log", "w")
-    proc = subprocess.Popen(["olah-cli", "-c", str(base / "config.toml")], cwd=base, stdout=log, stderr=log)
+    # olah's console script `olah-cli` is `olah.server:cli`; run it with this interpreter (no PATH lookup)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from olah.server import cli; sys.exit(cli())",
+                             "-c", str(base / "config.toml")], cwd=base, stdout=log, stderr=log)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
