@@ -405,3 +405,11 @@ def test_unwritable_cache_is_not_fatal(tmp_path):
     code = "import tieconv; print(tieconv.inspect('fixtures/llama-tied').verdict)"
     assert _run(code, blocker) == "tied"
     assert not list(FIXTURES.glob("llama-tied/*cache*"))
+
+
+def test_weights_saved_without_the_base_model_prefix(tmp_path):
+    embed, head = embed_and_head()
+    write_llama(tmp_path / "m", tie=False, tensors={"embed_tokens.weight": embed, "lm_head.weight": head,
+                                                    "norm.weight": torch.ones(16)})
+    report = tieconv.inspect(tmp_path / "m")
+    assert report.embed.key == "embed_tokens.weight" and report.verdict == "untied"

@@ -73,6 +73,12 @@ def _first_stored(ckpt: Checkpoint, candidates: list[str]) -> str:
     for key in candidates:
         if key in ckpt.aliases:
             return key
+    # transformers adds or strips the base model prefix at load (`embed_tokens.weight` saved from a base
+    # model loads into `model.embed_tokens.weight`): accept one stored key that differs only by a prefix
+    for key in candidates:
+        near = [k for k in ckpt.tensors if key.endswith("." + k) or k.endswith("." + key)]
+        if len(near) == 1:
+            return near[0]
     return candidates[0]
 
 
