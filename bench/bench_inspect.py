@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 VOCAB, HIDDEN, LAYERS, INTER, KV = 128256, 2048, 16, 8192, 512

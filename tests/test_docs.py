@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import ROOT
 
-MODULES = ["tieconv.inspection", "tieconv.convert", "tieconv.hooks", "tieconv.loading", "tieconv.saving",
+MODULES = ["tieconv.inspection", "tieconv.planning", "tieconv.convert", "tieconv.hooks", "tieconv.loading", "tieconv.saving",
            "tieconv.memory", "tieconv.safetensors_header", "tieconv.checkpoint", "tieconv.scanning"]
 
 

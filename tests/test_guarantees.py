@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 import tieconv
-from tieconv.errors import TieconvError, UnsafePickleError
+from tieconv.errors import UnsafePickleError
 
 from .conftest import FIXTURES, ROOT
 

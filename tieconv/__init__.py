@@ -52,8 +52,8 @@ _LAZY = {
     "Report": ("tieconv.report", "Report"),
     "tie": ("tieconv.convert", "tie"),
     "untie": ("tieconv.convert", "untie"),
-    "plan": ("tieconv.convert", "plan"),
-    "Plan": ("tieconv.convert", "Plan"),
+    "plan": ("tieconv.planning", "plan"),
+    "Plan": ("tieconv.planning", "Plan"),
     "ConversionResult": ("tieconv.convert", "ConversionResult"),
     "scan": ("tieconv.scanning", "scan"),
     "load_state_dict": ("tieconv.loading", "load_state_dict"),
@@ -66,11 +66,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .convert import ConversionResult, Plan, plan, tie, untie
+    from .convert import ConversionResult, tie, untie
     from .hooks import tie_on_load, untie_on_load
     from .inspection import inspect
     from .loading import load_state_dict
     from .memory import MemoryReport, memory_report
+    from .planning import Plan, plan
     from .report import Report
     from .saving import SaveResult, save
     from .scanning import scan

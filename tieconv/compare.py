@@ -44,8 +44,6 @@ def equal_after_cast(ckpt: Checkpoint, a: str, b: str, rows_per_chunk: int | Non
 
 def difference(ckpt: Checkpoint, a: str, b: str) -> dict[str, float]:
     """Max abs difference, relative difference (max abs diff / max abs of a), cosine similarity."""
-    import torch
-
     xa = ckpt.load_tensor(a)
     xb = ckpt.load_tensor(b)
     rows = xa.shape[0] if xa.dim() else 1
