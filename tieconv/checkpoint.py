@@ -94,6 +94,22 @@ class Checkpoint:
                 remaining -= want
                 yield buffer if want == len(buffer) else buffer[:want]
 
+    def add_safetensors_header(self, name: str, header, where: str) -> None:
+        """Record the tensors of one safetensors file (local or remote) named `name`."""
+        for key, entry in header.tensors.items():
+            if key in self.tensors:
+                raise CorruptFileError(f"{where}: key {key!r} is also stored in {self.tensors[key].file}")
+            self.tensors[key] = StoredTensor(
+                key, entry.dtype, entry.shape, entry.nbytes, name, (name, entry.begin, entry.end),
+                header.data_start + entry.begin,
+            )
+        self.files.append(name)
+        self.file_metadata[name] = header.metadata
+        for dropped, kept in header.metadata.items():
+            # safetensors' save_model and tieconv.save record dropped shared names as `dropped -> kept`
+            if dropped not in header.tensors and kept in header.tensors:
+                self.aliases[dropped] = kept
+
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """`length` stored bytes of `key` from byte `start` (for sampled verification)."""
         info = self.tensors[key]
@@ -199,19 +215,7 @@ def _add_safetensors_file(ckpt: Checkpoint, name: str, expected: set[str] | None
                 f"{path}: the index maps {len(missing)} key(s) to this shard that it does not hold, "
                 f"e.g. {sorted(missing)[0]!r}"
             )
-    for key, entry in header.tensors.items():
-        if key in ckpt.tensors:
-            raise CorruptFileError(f"{path}: key {key!r} is also stored in {ckpt.tensors[key].file}")
-        ckpt.tensors[key] = StoredTensor(
-            key, entry.dtype, entry.shape, entry.nbytes, name, (name, entry.begin, entry.end),
-            header.data_start + entry.begin,
-        )
-    ckpt.files.append(name)
-    ckpt.file_metadata[name] = header.metadata
-    for dropped, kept in header.metadata.items():
-        # safetensors' save_model and tieconv.save record dropped shared names as `dropped -> kept`
-        if dropped not in header.tensors and kept in header.tensors:
-            ckpt.aliases[dropped] = kept
+    ckpt.add_safetensors_header(name, header, str(path))
 
 
 def _read_index(root: Path, name: str) -> dict[str, list[str]]:

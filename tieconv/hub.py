@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .checkpoint import (
-    BIN_INDEX, BIN_SINGLE, CHUNK_BYTES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, Checkpoint, StoredTensor,
+    BIN_INDEX, BIN_SINGLE, CHUNK_BYTES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, Checkpoint,
 )
 from .errors import CorruptFileError, InputError
 from .safetensors_header import MAX_HEADER_BYTES, parse_header
@@ -215,20 +215,18 @@ def _remote_checkpoint(repo, revision, weights, config_path, read_json, counter)
     ckpt = Checkpoint(Path(repo), Path(repo), "hub", [], {}, config, "config.json" if config else None)
     ckpt._remote = remote
     for name in weights:
-        header = remote.header(name)
-        for key, entry in header.tensors.items():
-            if key in ckpt.tensors:
-                raise CorruptFileError(f"{repo}/{name}: key {key!r} is also stored in {ckpt.tensors[key].file}")
-            ckpt.tensors[key] = StoredTensor(key, entry.dtype, entry.shape, entry.nbytes, name,
-                                             (name, entry.begin, entry.end), header.data_start + entry.begin)
-        ckpt.files.append(name)
-        ckpt.file_metadata[name] = header.metadata
-        for dropped, kept in header.metadata.items():
-            if dropped not in header.tensors and kept in header.tensors:
-                ckpt.aliases[dropped] = kept
+        ckpt.add_safetensors_header(name, remote.header(name), f"{repo}/{name}")
     ckpt.notes.append(f"Hub repo {repo}@{revision}: safetensors headers read over HTTP; tensor bytes are fetched "
                       "only for the comparison")
     return ckpt
+
+
+def local_path(src):
+    """`src` itself, or for a Hub repo id the cache snapshot holding what a conversion or a load needs."""
+    if not is_repo_id(src):
+        return src
+    repo, revision = parse_repo_id(str(src))
+    return download(repo, revision)
 
 
 def download(repo: str, revision: str | None, counter: DownloadCounter | None = None) -> Path:

@@ -34,9 +34,7 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
         raise RefusedError(f"keep must be 'embed' or 'head', not {keep!r}")
     from . import hub
 
-    if hub.is_repo_id(path):
-        repo, revision = hub.parse_repo_id(str(path))
-        path = hub.download(repo, revision)
+    path = hub.local_path(path)
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
     state_dict = _read_all(ckpt)

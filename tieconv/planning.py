@@ -261,9 +261,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     from . import hub
 
     named = str(src)
-    if hub.is_repo_id(src):
-        repo, revision = hub.parse_repo_id(named)
-        src = hub.download(repo, revision)  # into the cache: one weight format and the small files
+    src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
     if action == "tie":
