@@ -23,39 +23,35 @@ def bytes_identical(ckpt: Checkpoint, a: str, b: str, chunk_bytes: int = CHUNK_B
     return True
 
 
-def equal_after_cast(ckpt: Checkpoint, a: str, b: str, rows_per_chunk: int | None = None) -> bool:
+def _row_chunks(xa, xb):
+    """Matching slices of two same-shape tensors, each at most CHUNK_BYTES once widened to float64."""
+    if xa.dim() == 0:
+        yield xa, xb
+        return
+    step = max(1, CHUNK_BYTES // max(1, xa[0].numel() * 8))
+    for start in range(0, xa.shape[0], step):
+        yield xa[start : start + step], xb[start : start + step]
+
+
+def equal_after_cast(ckpt: Checkpoint, a: str, b: str) -> bool:
     """For tensors of different dtypes: are they equal once both are cast to the wider one?"""
     import torch
 
-    ta, tb = ckpt.tensors[a], ckpt.tensors[b]
-    if ta.shape != tb.shape:
+    if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
         return False
     xa, xb = ckpt.load_tensor(a), ckpt.load_tensor(b)
     wide = torch.promote_types(xa.dtype, xb.dtype)
-    rows = xa.shape[0] if xa.dim() else 1
-    step = rows_per_chunk or max(1, (CHUNK_BYTES // max(1, xa[0].numel() * 8)) if xa.dim() else 1)
-    for start in range(0, rows, step):
-        pa = xa[start : start + step].to(wide) if xa.dim() else xa.to(wide)
-        pb = xb[start : start + step].to(wide) if xb.dim() else xb.to(wide)
-        if not torch.equal(pa, pb):
-            return False
-    return True
+    return all(torch.equal(pa.to(wide), pb.to(wide)) for pa, pb in _row_chunks(xa, xb))
 
 
 def difference(ckpt: Checkpoint, a: str, b: str) -> dict[str, float]:
     """Max abs difference, relative difference (max abs diff / max abs of a), cosine similarity."""
-    xa = ckpt.load_tensor(a)
-    xb = ckpt.load_tensor(b)
-    rows = xa.shape[0] if xa.dim() else 1
-    step = max(1, CHUNK_BYTES // max(1, (xa[0].numel() if xa.dim() else 1) * 8))
-    max_diff = 0.0
-    max_a = 0.0
-    dot = na = nb = 0.0
-    for start in range(0, rows, step):
-        pa = (xa[start : start + step] if xa.dim() else xa).double()
-        pb = (xb[start : start + step] if xb.dim() else xb).double()
-        max_diff = max(max_diff, (pa - pb).abs().max().item() if pa.numel() else 0.0)
-        max_a = max(max_a, pa.abs().max().item() if pa.numel() else 0.0)
+    max_diff = max_a = dot = na = nb = 0.0
+    for pa, pb in _row_chunks(ckpt.load_tensor(a), ckpt.load_tensor(b)):
+        pa, pb = pa.double(), pb.double()
+        if pa.numel():
+            max_diff = max(max_diff, (pa - pb).abs().max().item())
+            max_a = max(max_a, pa.abs().max().item())
         dot += (pa * pb).sum().item()
         na += (pa * pa).sum().item()
         nb += (pb * pb).sum().item()

@@ -42,6 +42,8 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
     if report.head is not None:
         e, h = report.embed.key, report.head.key
         targets = [t for t, s in report.tie_map.items() if s == e] or [h]
+        # the targets that tying makes the embedding's tensor: absent, a bit-identical copy, or the head
+        tie_targets = [t for t in targets if t not in state_dict or t in report.reclaimable_keys or t == h]
         if tie is None:
             if v == "head-missing":
                 raise RefusedError(f"{path}: the config unties but no head ({h}) is stored; "
@@ -52,8 +54,7 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
             elif v == "embed-missing" and report.tie_flag.value is not False:
                 state_dict[e] = state_dict[h]
             elif v in ("tied", "duplicated"):
-                _share(state_dict, e, [t for t in targets if t not in state_dict or t in report.reclaimable_keys
-                                       or t == h])
+                _share(state_dict, e, tie_targets)
         elif tie:
             if e not in state_dict:
                 state_dict[e] = state_dict[h]
@@ -62,8 +63,7 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
                     raise RefusedError(f"{path}: {h} and {e} differ; pass keep='embed' or keep='head' to choose")
                 if keep == "head":
                     state_dict[e] = state_dict[h]
-            _share(state_dict, e, [t for t in targets if t not in state_dict or t in report.reclaimable_keys
-                                   or t == h])
+            _share(state_dict, e, tie_targets)
         else:
             if e not in state_dict:
                 state_dict[e] = state_dict[h].clone()
