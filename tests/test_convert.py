@@ -268,10 +268,17 @@ def test_nanogpt_keeps_training_state_or_says_what_it_leaves_out(tmp_path):
     assert torch.equal(m["_orig_mod.lm_head.weight"], m["_orig_mod.transformer.wte.weight"])
     assert m["_orig_mod.lm_head.weight"].data_ptr() != m["_orig_mod.transformer.wte.weight"].data_ptr()
     assert result.verdict == "tieable"
-    result = tieconv.untie(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "ckpt.safetensors", format="safetensors")
-    assert set(load_file(tmp_path / "ckpt.safetensors")) == set(m)
-    assert result.plan.left_out == ["best_val_loss", "config", "iter_num", "model_args", "optimizer"]
-    assert any("left out" in w for w in result.warnings)
+    assert any("optimizer" in w and "no longer matches" in w for w in result.warnings)
+    # safetensors cannot hold the training entries: refused, naming them, nothing written
+    with pytest.raises(OutputError, match="optimizer, model_args, iter_num, best_val_loss, config"):
+        tieconv.untie(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "ckpt.safetensors")
+    assert not (tmp_path / "ckpt.safetensors").exists()
+    result = tieconv.untie(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "lean.pt", drop_optimizer=True)
+    obj = torch.load(tmp_path / "lean.pt", weights_only=True)
+    assert "optimizer" not in obj and obj["iter_num"] == 10 and obj["config"] == torch.load(
+        FIXTURES / "nanogpt" / "ckpt.pt", weights_only=True)["config"]
+    assert result.plan.left_out == {"optimizer": "optimizer state (--drop-optimizer)"}
+    assert any("left out: optimizer" in w for w in result.warnings)
 
 
 def test_bert_mlm_untie_materialises_the_bias(tmp_path):

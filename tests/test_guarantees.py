@@ -123,9 +123,9 @@ def test_sigkill_leaves_nothing_or_a_complete_output(tmp_path, big_inputs):
         out = tmp_path / f"out-{trial}"
         proc = subprocess.Popen([sys.executable, "-m", "tieconv.cli", action, str(src), str(out), "--quiet"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        tmp = out.parent / f"{out.name}.tieconv-tmp-{proc.pid}"
         deadline = time.monotonic() + 60
-        while not tmp.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not list(out.parent.glob(f"{out.name}.tieconv-tmp-{proc.pid}-*")) and proc.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.002)
         time.sleep(rng.uniform(0, 0.6))
         proc.send_signal(signal.SIGKILL)
@@ -138,32 +138,54 @@ def test_sigkill_leaves_nothing_or_a_complete_output(tmp_path, big_inputs):
                 assert tieconv.inspect(out).verdict == "tieable"
         else:
             outcomes["absent"] += 1
-        leftovers = list(tmp_path.glob(f"out-{trial}.tieconv-tmp-*"))
-        assert all(p.name.endswith(str(proc.pid)) for p in leftovers)
+        leftovers = [p for p in tmp_path.glob(f"out-{trial}.tieconv-*") if not p.name.endswith(".tieconv-lock")]
+        assert all(f"-{proc.pid}-" in p.name for p in leftovers)
         if leftovers and trial < 4:  # a later run into the same OUT removes a dead process's leftovers
             shutil.rmtree(out, ignore_errors=True)
             assert cli("tie", src, out, "--quiet").returncode == 0
             assert not list(tmp_path.glob(f"out-{trial}.tieconv-tmp-*"))
+            assert not list(tmp_path.glob(f"out-{trial}.tieconv-own-*"))
     assert {k: snapshot(v) for k, v in big_inputs.items()} == before
     print(f"SIGKILL trials: {outcomes}")
     assert outcomes["absent"] > 0  # kills did land mid-write
     assert time.monotonic() - started < 120
 
 
-def test_leftovers_of_live_processes_are_kept(tmp_path):
+def _record(folder, name, pid, tmp_name, tmp_path):
+    doc = {"magic": "tieconv ownership record v1", "pid": pid, "tmp": tmp_name,
+           "ino": (folder / tmp_name).lstat().st_ino, "state": "writing"}
+    (folder / name).write_text(json.dumps(doc))
+
+
+def test_cleanup_removes_only_what_dead_tieconv_processes_recorded(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        live = tmp_path / f"out.tieconv-tmp-{sleeper.pid}"
+        live = tmp_path / f"out.tieconv-tmp-{sleeper.pid}-aaaa"
         live.mkdir()
-        dead = tmp_path / "out.tieconv-tmp-999999999"
+        _record(tmp_path, f"out.tieconv-own-{sleeper.pid}-aaaa", sleeper.pid, live.name, tmp_path)
+        dead = tmp_path / "out.tieconv-tmp-999999999-bbbb"
         dead.mkdir()
+        _record(tmp_path, "out.tieconv-own-999999999-bbbb", 999999999, dead.name, tmp_path)
+        # merely named like temporaries, with no record: a user's files, never touched
+        users = [tmp_path / "out.tieconv-tmp-999999", tmp_path / "out.tieconv-tmp-old-999999"]
+        users[0].write_text("my input")
+        users[1].mkdir()
+        # a record naming a path whose inode is not the one recorded (replaced since): not touched
+        swapped = tmp_path / "out.tieconv-tmp-999999997-cccc"
+        swapped.mkdir()
+        _record(tmp_path, "out.tieconv-own-999999997-cccc", 999999997, swapped.name, tmp_path)
+        swapped.rmdir()
+        swapped.write_text("the user's now")
         victim = tmp_path / "victim"
         victim.mkdir()
         (victim / "keep.txt").write_text("x")
-        planted = tmp_path / "out.tieconv-tmp-999999998"
-        planted.symlink_to(victim)  # a planted link is removed, never followed
+        planted = tmp_path / "out.tieconv-tmp-999999998-dddd"
+        planted.symlink_to(victim)  # a recorded link is removed, never followed
+        _record(tmp_path, "out.tieconv-own-999999998-dddd", 999999998, planted.name, tmp_path)
         tieconv.tie(FIXTURES / "llama-duplicated", tmp_path / "out")
-        assert live.exists() and not dead.exists() and not planted.exists()
+        assert live.exists() and (tmp_path / f"out.tieconv-own-{sleeper.pid}-aaaa").exists()
+        assert not dead.exists() and not planted.exists() and not (tmp_path / "out.tieconv-own-999999999-bbbb").exists()
+        assert users[0].read_text() == "my input" and users[1].is_dir() and swapped.read_text() == "the user's now"
         assert (victim / "keep.txt").read_text() == "x"
     finally:
         sleeper.kill()
@@ -272,9 +294,9 @@ def test_two_processes_into_one_output(tmp_path, big_inputs):
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "tieconv.cli", "tie", str(big_inputs["single"]), str(out), "-q",
                               "--verify", "full"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tmp = tmp_path / f"out.tieconv-tmp-{first.pid}"
     deadline = time.monotonic() + 60
-    while not tmp.exists() and time.monotonic() < deadline and first.poll() is None:
+    while not list(tmp_path.glob(f"out.tieconv-tmp-{first.pid}-*")) and time.monotonic() < deadline \
+            and first.poll() is None:
         time.sleep(0.002)
     first.send_signal(signal.SIGSTOP)  # hold the first mid-write, so the two surely overlap
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -334,8 +335,15 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         ('hf-safetensors', ['model.embed_tokens.weight'])
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file or folder") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # never opened: reading a FIFO would block, a device would stream forever
+        raise InputError(f"{path}: not a regular file or folder (a device, FIFO or socket); name a checkpoint")
     if path.is_file():
         return _open_file(path)
     return _open_folder(path)

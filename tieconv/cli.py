@@ -136,8 +136,10 @@ def _conversion_options(func):
                      help="Hard-link unchanged shards instead of copying (a linked shard IS the input's file)."),
         click.option("--verify", type=click.Choice(["sample", "full", "none"]), default="sample", show_default=True,
                      help="Check the output: headers and sampled bytes, every byte, or nothing."),
-        click.option("--format", "fmt", type=click.Choice(["torch", "safetensors"]),
-                     help="Output format for a single torch file (default: its own)."),
+        click.option("--drop-optimizer", is_flag=True,
+                     help="Leave a training checkpoint's optimizer state out (it no longer matches)."),
+        click.option("--drop-other-weights", is_flag=True,
+                     help="Leave out weight files of another format than the one converted."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -159,8 +161,8 @@ def _render_conversion(result, as_json: bool) -> None:
 @click.option("--keep", type=click.Choice(["embed", "head"]), help="Matrix that survives when the two differ.")
 @click.option("--assume-tied", is_flag=True, help="Repair a head-missing checkpoint that was trained tied.")
 @_handle_errors
-def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt, quiet, keep,
-                assume_tied) -> None:
+def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, drop_optimizer,
+                drop_other_weights, quiet, keep, assume_tied) -> None:
     """Write OUT: IN with the head and the embedding stored once and a config that ties them.
 
     Drops the head and every other tie-map target stored as a bit-identical copy, sets the
@@ -179,14 +181,16 @@ def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link,
 
     set_quiet(quiet)
     result = tie(src, dst, keep=keep, assume_tied=assume_tied, force=force, dry_run=dry_run, embed=embed, head=head,
-                 overwrite=overwrite, link=link, verify=verify, format=fmt)
+                 overwrite=overwrite, link=link, verify=verify, drop_optimizer=drop_optimizer,
+                 drop_other_weights=drop_other_weights)
     _render_conversion(result, as_json)
 
 
 @main.command("untie", context_settings=CONTEXT)
 @_conversion_options
 @_handle_errors
-def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, fmt, quiet) -> None:
+def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, drop_optimizer,
+                  drop_other_weights, quiet) -> None:
     """Write OUT: IN with the head as its own tensor and a config that unties it.
 
     Stores a copy of the embedding under every tie-map target a loader reads (BART's
@@ -203,7 +207,7 @@ def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, lin
 
     set_quiet(quiet)
     result = untie(src, dst, force=force, dry_run=dry_run, embed=embed, head=head, overwrite=overwrite, link=link,
-                   verify=verify, format=fmt)
+                   verify=verify, drop_optimizer=drop_optimizer, drop_other_weights=drop_other_weights)
     _render_conversion(result, as_json)
 
 

@@ -18,7 +18,16 @@ from .errors import RefusedError, VerificationError
 from .inspection import inspect
 from .planning import Plan, PlannedTensor, plan
 from .report import Report, human_bytes
-from .writer import OutputFolder, WriteEntry, copy_file, link_or_copy, write_safetensors, write_text
+from .errors import OutputError
+from .writer import (
+    OutputFolder,
+    WriteEntry,
+    check_output_parent,
+    copy_file,
+    link_or_copy,
+    write_safetensors,
+    write_text,
+)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class ConversionResult:
     def to_dict(self) -> dict:
         p = self.plan
         return {
+            "nothing_to_do": p.nothing_to_do,
             "bytes_saved": self.bytes_saved,
             "files_written": self.files_written,
             "seconds": round(self.seconds, 3),
@@ -52,45 +62,78 @@ class ConversionResult:
 # ---------------------------------------------------------------- deciding what to do
 
 
+def preflight(p: Plan, src: Path) -> None:
+    """Everything about OUT that can be checked before writing, for real runs, dry runs and nothing-to-do alike.
+
+    Refuses OUT equal to, inside, or containing IN (resolved paths); an existing OUT without
+    `--overwrite`; replacing a file by a folder or a folder by a file; a missing or unwritable parent
+    folder; a name too long for the file system once the temporary suffix is added.
+    """
+    dst = Path(p.destination)
+    rdst, rsrc = dst.resolve(), Path(src).resolve()
+    for a, b, what in ((rdst, rsrc, "is or is inside the input"), (rsrc, rdst, "contains the input")):
+        try:
+            a.relative_to(b)
+        except ValueError:
+            continue
+        raise OutputError(f"{dst}: {what}; write the output elsewhere")
+    if os.path.lexists(dst):
+        if not p.overwrite:
+            raise OutputError(f"{dst}: already exists; pass --overwrite or another name")
+        is_folder = dst.is_dir() and not dst.is_symlink()
+        if p.output_is_file and is_folder:
+            raise OutputError(f"{dst}: is a folder and OUT is a file here (IN is a file); choose another name")
+        if not p.output_is_file and not is_folder and not dst.is_symlink():  # a link itself is replaced
+            raise OutputError(f"{dst}: is a file (or a link) and OUT is a folder here (IN is a folder); "
+                              "choose another name")
+    check_output_parent(dst)
+
+
 def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult:
-    """Write the plan's output all or nothing, verify it, then rename it into place."""
+    """Write the plan's output all or nothing, verify it, then swap it into place."""
     if verify not in ("sample", "full", "none"):
         raise RefusedError(f"--verify must be sample, full or none, not {verify!r}")
     start = time.monotonic()
     ckpt: Checkpoint = report.checkpoint
     dst = Path(p.destination)
-    is_file = ckpt.path.is_file()
     linked: list[str] = []
     needed = _bytes_needed(ckpt, p)
-    with OutputFolder(dst, is_file=is_file, overwrite=p.overwrite, needed_bytes=needed) as tmp:
+    out_folder = OutputFolder(dst, is_file=p.output_is_file, overwrite=p.overwrite, needed_bytes=needed)
+    with out_folder as tmp:
+        weights = tmp / p.weights_folder if p.weights_folder else tmp
+        weights.mkdir(parents=True, exist_ok=True)
+        for name in p.copied_files:  # first, so the weights folder's own files are written after
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            copy_file(ckpt.path / name, tmp / name)
         if p.output_format == "torch":
-            _write_torch_files(ckpt, p, tmp)
+            _write_torch_file(ckpt, p, weights)
         elif p.output_format == "gguf":
             from . import gguf_file
 
             (f,) = p.files
-            gguf_file.write(ckpt.root / ckpt.files[0], tmp / f.name, [(t.key, t.source) for t in f.tensors])
+            gguf_file.write(ckpt.root / ckpt.files[0], weights / f.name, [(t.key, t.source) for t in f.tensors])
         else:
             from .progress import bar
 
             with bar(p.bytes_after, "writing") as progress:
-                _write_safetensors_files(ckpt, p, tmp, linked, progress)
+                _write_safetensors_files(ckpt, p, weights, linked, progress)
         if p.output_layout == "hf-safetensors-sharded":
-            write_text(tmp / SAFETENSORS_INDEX, _index_text(ckpt, p))
+            write_text(weights / SAFETENSORS_INDEX, _index_text(ckpt, p))
         if ckpt.config is not None:
-            write_text(tmp / "config.json", json.dumps(_apply_changes(ckpt.config, p.config_changes), indent=2) + "\n")
-        for name in p.copied_files:
-            copy_file(ckpt.root / name, tmp / name)
-        written = sorted(os.listdir(tmp))
+            write_text(weights / "config.json",
+                       json.dumps(_apply_changes(ckpt.config, p.config_changes), indent=2) + "\n")
         if verify != "none":
-            check_path = tmp / written[0] if is_file else tmp
+            check_path = weights / p.files[0].name if p.output_is_file else tmp
             out_report = inspect(check_path, embed=report.embed.key, head=report.head.key if report.head else None)
             _verify(p, ckpt, out_report, full=verify == "full")
             verdict = out_report.verdict
         else:
             verdict = p.output_verdict
-    files = [str(dst)] if is_file else [str(dst / n) for n in written]
+        written = sorted(str(Path(d, n).relative_to(tmp)) for d, _, names in os.walk(tmp) for n in names)
+    files = [str(dst)] if p.output_is_file else [str(dst / n) for n in written]
     warnings = list(p.warnings)
+    if out_folder.interrupted_after_swap:
+        warnings.append("interrupted after the output was complete and in place: finished")
     if p.link:
         copied = [f.name for f in p.files if f.unchanged_from and f.name not in linked]
         if linked:
@@ -102,6 +145,7 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
 
 def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[str], progress) -> None:
     for f in p.files:
+        (tmp / f.name).parent.mkdir(parents=True, exist_ok=True)  # index shards may live in subfolders
         if f.unchanged_from:
             src_file = ckpt.root / f.unchanged_from
             if p.link and link_or_copy(src_file, tmp / f.name) == "linked":
@@ -120,7 +164,7 @@ def _bytes_needed(ckpt: Checkpoint, p: Plan) -> int:
         if p.link and f.unchanged_from:
             continue
         total += sum(t.nbytes for t in f.tensors) + 64 * 1024  # headers
-    total += sum((ckpt.root / n).stat().st_size for n in p.copied_files)
+    total += sum((ckpt.path / n).stat().st_size for n in p.copied_files)
     return total
 
 
@@ -189,45 +233,69 @@ def _verify(p: Plan, ckpt: Checkpoint, out: Report, full: bool) -> None:
                     fail(f"the bytes of {key} differ from {t.source} at byte {offset}")
 
 
-def _write_torch_files(ckpt: Checkpoint, p: Plan, tmp: Path) -> None:
-    """torch-file in, torch-file out: the pickle is rewritten (plain tensors only) with the same wrapper."""
+def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
+    """A torch (zip) file: the planned tensors, and every other entry of a torch input with its value.
+
+    Keys that shared one storage in the input keep sharing it (torch.save stores it once); a key that
+    takes another's values (untie) gets its own copy, or torch.save would store one shared storage.
+    """
     import torch
 
-    from .checkpoint import NESTED_STATE_DICT_KEYS
-
     (f,) = p.files
-    obj = ckpt._pickles[ckpt.files[0]]
-    # untie: a key that takes another's values, or shares another's storage, gets its own copy,
-    # or torch.save would store one shared storage again
     state_dict, seen = {}, set()
     for t in f.tensors:
-        storage = ckpt.tensors[t.source].storage
-        tensor = ckpt._torch[t.source]
-        if p.action == "untie" and (t.key != t.source or storage in seen):
+        if ckpt.layout == "torch-file":
+            storage, tensor = ckpt.tensors[t.source].storage, ckpt._torch[t.source]
+        else:
+            storage, tensor = t.source, ckpt.load_tensor(t.source)
+        if t.key != t.source or (p.action == "untie" and storage in seen):
             tensor = tensor.clone()
         seen.add(storage)
         state_dict[t.key] = tensor
-    if isinstance(obj, dict):
-        for key in NESTED_STATE_DICT_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = {**obj, key: state_dict}
-                break
-        else:
-            obj = state_dict
-    with open(tmp / f.name, "xb") as out:
+    obj: object = state_dict
+    original = ckpt._pickles.get(ckpt.files[0]) if ckpt.layout == "torch-file" else None
+    if isinstance(original, dict):
+        obj = _rebuild_wrapper(original, state_dict, set(p.left_out))
+    with open(folder / f.name, "xb") as out:
         torch.save(obj, out)
         out.flush()
         os.fsync(out.fileno())
 
 
+def _rebuild_wrapper(original: dict, state_dict: dict, left_out: set[str]) -> dict:
+    """The input's dict with its state dict replaced, every other entry kept in order (unless left out)."""
+    import torch
+
+    from .checkpoint import NESTED_STATE_DICT_KEYS
+
+    for key in NESTED_STATE_DICT_KEYS:
+        inner = original.get(key)
+        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()) \
+                and not any(isinstance(v, torch.Tensor) for v in original.values()):
+            return {k: (state_dict if k == key else v) for k, v in original.items() if str(k) not in left_out}
+    out = {}
+    for k, v in original.items():  # a top-level state dict: tensors in their new form, other entries as they were
+        if isinstance(v, torch.Tensor):
+            if k in state_dict:
+                out[k] = state_dict[k]
+        elif str(k) not in left_out:
+            out[k] = v
+    for k, v in state_dict.items():  # added keys
+        out.setdefault(k, v)
+    return out
+
+
 # ---------------------------------------------------------------- public entry points
 
 
-def tie(src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
-        dry_run: bool = False, embed: str | None = None, head: str | None = None, overwrite: bool = False,
-        link: bool = False, verify: str = "sample", format: str | None = None) -> ConversionResult:
+def tie(src: str | os.PathLike, dst: str | os.PathLike, *, keep: str | None = None, assume_tied: bool = False,
+        force: bool = False, dry_run: bool = False, embed: str | None = None, head: str | None = None,
+        overwrite: bool = False, link: bool = False, verify: str = "sample", drop_optimizer: bool = False,
+        drop_other_weights: bool = False) -> ConversionResult:
     """Write a copy of `src` at `dst` whose head and embedding are stored once and whose config ties them.
+
+    OUT mirrors IN: a folder for a folder; for a file, OUT's suffix picks the format (`.safetensors`,
+    `.pt`/`.pth`/`.bin`/`.ckpt` for a torch file, `.gguf` for a GGUF input).
 
     Args:
         keep: "embed" or "head": which matrix survives when the two differ (`untied`, `conflict`).
@@ -237,7 +305,8 @@ def tie(src, dst, *, keep: str | None = None, assume_tied: bool = False, force: 
         overwrite: replace an existing `dst`, only once the new output is complete.
         link: hard-link unchanged shards instead of copying them (they then ARE the input's files).
         verify: "sample" (default: headers and sampled bytes), "full" (every byte) or "none".
-        format: for a single torch file, "torch" (default) or "safetensors".
+        drop_optimizer: leave a training checkpoint's optimizer state out (it no longer matches).
+        drop_other_weights: leave out weight files of another format than the one converted.
 
     Example:
         >>> import tieconv, tempfile, os
@@ -247,12 +316,13 @@ def tie(src, dst, *, keep: str | None = None, assume_tied: bool = False, force: 
         ('tied', 2048)
     """
     return _run("tie", src, dst, dry_run=dry_run, verify=verify, keep=keep, assume_tied=assume_tied, force=force,
-                embed=embed, head=head, overwrite=overwrite, link=link, format=format)
+                embed=embed, head=head, overwrite=overwrite, link=link, drop_optimizer=drop_optimizer,
+                drop_other_weights=drop_other_weights)
 
 
-def untie(src, dst, *, force: bool = False, dry_run: bool = False, embed: str | None = None,
-          head: str | None = None, overwrite: bool = False, link: bool = False, verify: str = "sample",
-          format: str | None = None) -> ConversionResult:
+def untie(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, dry_run: bool = False,
+          embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
+          verify: str = "sample", drop_optimizer: bool = False, drop_other_weights: bool = False) -> ConversionResult:
     """Write a copy of `src` at `dst` whose head is its own tensor and whose config unties it.
 
     Every target of the architecture's tie map is materialised (BART's encoder and decoder
@@ -266,12 +336,14 @@ def untie(src, dst, *, force: bool = False, dry_run: bool = False, embed: str | 
         ('tieable', -2048)
     """
     return _run("untie", src, dst, dry_run=dry_run, verify=verify, force=force, embed=embed, head=head,
-                overwrite=overwrite, link=link, format=format)
+                overwrite=overwrite, link=link, drop_optimizer=drop_optimizer, drop_other_weights=drop_other_weights)
 
 
-def _run(action, src, dst, *, dry_run, verify, **options) -> ConversionResult:
+def _run(action: str, src: str | os.PathLike, dst: str | os.PathLike, *, dry_run: bool, verify: str,
+         **options) -> ConversionResult:
     start = time.monotonic()
     p, report = plan(action, src, dst, **options)
+    preflight(p, report.checkpoint.path)  # OUT is checked the same way whether or not anything is written
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
                                 report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings))

@@ -61,6 +61,11 @@ def write(src: Path, dst: Path, tensors: list[tuple[str, str]]) -> None:
         for field in reader.fields.values():
             if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
                 continue
+            if field.name == gguf.Keys.General.ALIGNMENT:
+                # add_key_value would write the field but keep padding to the default 32 bytes: readers
+                # then look for the data at the wrong offsets
+                writer.add_custom_alignment(int(field.contents()))
+                continue
             val_type = field.types[0]
             sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)

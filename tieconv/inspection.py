@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from . import architecture as arch
 from .checkpoint import Checkpoint, open_checkpoint, read_json
 from .compare import bytes_identical, equal_after_cast
-from .errors import InputError, UnsupportedCheckpointError
+from .errors import InputError, TieconvError, UnsupportedCheckpointError
 from .names import find_pair
 from .report import ByteCounts, Parameters, Report, TensorInfo, TieFlag, human_bytes
 from .safetensors_header import FLOAT_DTYPES
@@ -59,11 +59,46 @@ def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | No
 
 def inspect_checkpoint(ckpt: Checkpoint, *, embed=None, head=None, compare=True) -> Report:
     notes = list(ckpt.notes)
+    check_overrides(ckpt, embed, head)
     names = resolve_names(ckpt, notes, embed, head)
     return _decide(ckpt, names, notes, compare)
 
 
 # ---------------------------------------------------------------- names and flag
+
+
+def check_overrides(ckpt: Checkpoint, embed: str | None, head: str | None) -> None:
+    """`--embed`/`--head` must name a stored matrix (a head may also be the unstored key the loader reads).
+
+    A typo must never reach planning: `tie --embed model.embed_tokens.weigth` would otherwise drop a
+    trained head and write a stray tensor.
+    """
+    if embed is None and head is None:
+        return
+    loader_head = None
+    if head is not None and head not in ckpt.tensors and head not in ckpt.aliases:
+        try:
+            loader_head = resolve_names(ckpt, [], None, None).head
+        except TieconvError:
+            loader_head = None
+    for option, key in (("--embed", embed), ("--head", head)):
+        if key is None:
+            continue
+        stored = ckpt.tensors.get(key)
+        if stored is None and key in ckpt.aliases:
+            stored = ckpt.tensors.get(ckpt.aliases[key])
+        if stored is None:
+            if option == "--head" and key == loader_head:
+                continue
+            import difflib
+
+            close = difflib.get_close_matches(key, list(ckpt.tensors), n=3, cutoff=0.6)
+            hint = (f"did you mean {', '.join(repr(k) for k in close)}?" if close
+                    else f"stored keys include {', '.join(repr(k) for k in sorted(ckpt.tensors)[:4])}")
+            raise InputError(f"{ckpt.path}: {option} {key!r} is not a stored key; {hint}")
+        if len(stored.shape) != 2:
+            raise InputError(f"{ckpt.path}: {option} {key!r} has shape {list(stored.shape)}, not a matrix "
+                             "(vocab x hidden); name the embedding or head matrix")
 
 
 def _first_stored(ckpt: Checkpoint, candidates: list[str]) -> str:

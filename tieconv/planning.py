@@ -15,7 +15,7 @@ from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, safe_member
 from .errors import OutputError, RefusedError
 from .inspection import inspect
 from .report import Report
-from .writer import shard_name
+from .writer import LOCK_MARK, TMP_MARK, shard_name
 
 ALWAYS_TIED_IN_VLLM = ("gemma", "gemma2", "gemma3", "gemma3_text", "mpt")
 
@@ -49,6 +49,7 @@ class Plan:
     dropped: list[str] = field(default_factory=list)
     added: dict[str, str] = field(default_factory=dict)  # new key -> the key its values come from
     replaced: dict[str, str] = field(default_factory=dict)  # key whose values now come from another key
+    separated: list[str] = field(default_factory=list)  # keys that shared their source's storage, now their own
     config_changes: dict[str, object] = field(default_factory=dict)
     output_layout: str = ""
     files: list[PlannedFile] = field(default_factory=list)
@@ -59,9 +60,11 @@ class Plan:
     parameters_before: int = 0
     parameters_after: int = 0
     loader_bytes_saved: int = 0  # what a transformers loader no longer allocates (negative: allocates more)
-    output_format: str = "safetensors"
+    output_format: str = "safetensors"  # "safetensors", "torch" or "gguf": what OUT's name asks for
+    output_is_file: bool = False  # OUT is a file exactly when IN is
+    weights_folder: str = ""  # where the weights and config.json live inside OUT (sentence-transformers: a subfolder)
     overwrite: bool = False
-    left_out: list[str] = field(default_factory=list)  # entries of a training checkpoint not carried over
+    left_out: dict[str, str] = field(default_factory=dict)  # what is not carried into OUT -> why
     link: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -119,10 +122,19 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
     flag_ties = report.tie_flag.value is True
     if v == "tied" and not report.reclaimable_keys and (flag_ties or report.tie_flag.value is None):
         if force:
-            return [], {}, {}, True, False, "already tied; writing a normalised copy (--force)"
+            return sorted(_shared_targets(report)), {}, {}, True, False, "already tied; writing a normalised copy (--force)"
         return [], {}, {}, True, True, "already tied: nothing to do"
-    # duplicated, tieable, or tied with other reclaimable tie-map copies
-    return list(report.reclaimable_keys), {}, {}, True, False, f"drop {len(report.reclaimable_keys)} duplicate(s) and tie"
+    # duplicated, tieable, or tied with other reclaimable tie-map copies; a target that is one storage with
+    # its source (a .bin or torch file) is one tensor: a written output stores it once
+    dropped = list(report.reclaimable_keys) + _shared_targets(report)
+    return sorted(set(dropped)), {}, {}, True, False, f"drop {len(set(dropped))} duplicate(s) and tie"
+
+
+def _shared_targets(report: Report) -> list[str]:
+    """Stored tie-map targets that share their source's storage (pickles keep tied tensors as one storage)."""
+    tensors = report.checkpoint.tensors
+    return [t for t, s in report.tie_map.items()
+            if t in tensors and s in tensors and tensors[t].storage == tensors[s].storage]
 
 
 def _untie_ops(report: Report, force: bool):
@@ -153,7 +165,10 @@ def _untie_ops(report: Report, force: bool):
             added[target] = source
     if h and h not in ckpt.tensors and e in ckpt.tensors:
         added[h] = e
-    return [], added, {}, False, False, f"store {len(added)} tie-map target(s) as their own tensors and untie"
+    separated = _shared_targets(report)  # one storage in a pickle: written as two tensors
+    count = len(added) + len(separated)
+    return [], added, {}, False, False, f"store {count} tie-map target{'s' if count != 1 else ''} as their own " \
+        "tensors and untie"
 
 
 # ---------------------------------------------------------------- building the plan
@@ -178,8 +193,50 @@ def _config_changes(report: Report, ckpt: Checkpoint, flag: bool) -> dict[str, o
     return changes
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+TORCH_OUT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# entries of a training checkpoint that describe the optimizer (nanoGPT, Lightning, torchtune recipes)
+OPTIMIZER_ENTRIES = ("optimizer", "optimizer_state_dict", "optimizer_states", "optim", "opt_state")
+
+
+def output_kind(ckpt: Checkpoint, dst: str) -> tuple[bool, str]:
+    """(OUT is a file, its format), from OUT's name: the output's kind mirrors the input's.
+
+    A file IN gives a file OUT whose suffix decides the format (`.safetensors`, a torch suffix, or
+    `.gguf` for a GGUF IN); a folder IN gives a folder OUT, whose weights keep the input's format
+    (a folder of `.bin` files becomes safetensors, as transformers writes today).
+    """
+    text = str(dst)
+    name = Path(text).name
+    suffix = Path(name).suffix.lower()
+    if ckpt.path.is_file():
+        if text.endswith(("/", os.sep)) or not name:
+            raise OutputError(f"{dst}: IN is a file, so OUT is a file: drop the trailing slash and name the file, "
+                              f"e.g. {text.rstrip('/' + os.sep) or '.'}/model{Path(ckpt.path).suffix}")
+        if ckpt.layout == "gguf":
+            if suffix != ".gguf":
+                raise OutputError(f"{dst}: a GGUF input is written as GGUF; name OUT *.gguf")
+            return True, "gguf"
+        if suffix == ".safetensors":
+            return True, "safetensors"
+        if suffix in TORCH_OUT_SUFFIXES:
+            return True, "torch"
+        if suffix == ".gguf":
+            raise OutputError(f"{dst}: only a GGUF input can be written as GGUF; name OUT *.safetensors or *.pt")
+        raise OutputError(f"{dst}: the suffix {suffix or '(none)'!r} names no format tieconv writes; name OUT "
+                          "*.safetensors, or *.pt / *.pth / *.bin / *.ckpt for a torch file")
+    if suffix in WEIGHT_SUFFIXES:
+        raise OutputError(f"{dst}: IN is a folder, so OUT is a folder; name it without a file suffix "
+                          f"(e.g. {text[: -len(suffix)] or 'out'})")
+    if ckpt.layout == "torch-file":
+        return False, "torch"
+    if ckpt.layout == "gguf":
+        return False, "gguf"
+    return False, "safetensors"
+
+
 def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], replaced: dict[str, str],
-                  aliases: dict[str, str], fmt: str) -> list[PlannedFile]:
+                  aliases: dict[str, str], fmt: str, out_name: str | None) -> list[PlannedFile]:
     by_file: dict[str, list[PlannedTensor]] = {name: [] for name in ckpt.files}
     # in each file's data order, so copies read their sources sequentially
     ordered = sorted(ckpt.tensors.values(), key=lambda t: (ckpt.files.index(t.file), t.offset or 0))
@@ -205,22 +262,23 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
         meta.setdefault("format", "pt")
         kept = {t.key for t in tensors}
         meta.update({d: k for d, k in aliases.items() if k in kept})
-        if ckpt.layout in ("safetensors-file", "gguf") or ckpt.layout == "torch-file" and fmt == "torch":
-            out_name = Path(name).name
-        elif ckpt.layout == "torch-file":
-            out_name = Path(name).stem + ".safetensors"
+        if out_name is not None:  # a file OUT: its own name
+            name_in_out = out_name
+        elif ckpt.layout in ("torch-file", "gguf"):  # a folder holding one such file: its name
+            name_in_out = Path(name).name
         elif keep_names or len(groups) > 1:
-            out_name = name if keep_names else shard_name(i, len(groups))
+            name_in_out = name if keep_names else shard_name(i, len(groups))
         else:
-            out_name = "model.safetensors"
+            name_in_out = "model.safetensors"
         original = [t.key for t in by_file_original(ckpt, name)]
         unchanged = (
-            name.endswith(".safetensors")
+            fmt == "safetensors"
+            and name.endswith(".safetensors")
             and [t.key for t in tensors] == original
             and all(t.key == t.source for t in tensors)
             and meta == ckpt.file_metadata.get(name)
         )
-        files.append(PlannedFile(out_name, tuple(tensors), meta, name if unchanged else None))
+        files.append(PlannedFile(name_in_out, tuple(tensors), meta, name if unchanged else None))
     return files
 
 
@@ -228,25 +286,84 @@ def by_file_original(ckpt: Checkpoint, name: str):
     return sorted((t for t in ckpt.tensors.values() if t.file == name), key=lambda t: t.offset or 0)
 
 
-def _other_files(ckpt: Checkpoint) -> list[str]:
-    """Small files to carry over (tokenizer, generation config...): top-level regular files inside the folder."""
-    if ckpt.layout in ("safetensors-file",) or (ckpt.layout == "torch-file" and ckpt.path.is_file()):
+def weights_folder(ckpt: Checkpoint) -> str:
+    """Where the weights live inside the folder the user named ("" unless sentence-transformers' subfolder)."""
+    if ckpt.path.is_file() or ckpt.path == ckpt.root:
+        return ""
+    try:
+        return ckpt.root.relative_to(ckpt.path).as_posix()
+    except ValueError:
+        return ""
+
+
+def carried_files(ckpt: Checkpoint, fmt: str, drop_other_weights: bool) -> tuple[list[str], dict[str, str], list[str]]:
+    """Every other file of a folder IN, recursively, as paths relative to IN: (carried, left out -> why, warnings).
+
+    Links leaving IN are refused (never followed); links into a Hugging Face cache's blobs/ are carried as
+    files. Weight files of another format than the one converted keep the old tie state: carried with a
+    warning, or left out with `drop_other_weights`.
+    """
+    if ckpt.path.is_file():
+        return [], {}, []
+    base = ckpt.path
+    sub = weights_folder(ckpt)
+    converted = {f"{sub}/{n}" if sub else n for n in ckpt.files}
+    for n in (SAFETENSORS_INDEX, BIN_INDEX, "config.json"):
+        converted.add(f"{sub}/{n}" if sub else n)
+    carried, left_out, others = [], {}, []
+    for folder, dirs, files in os.walk(base):
+        dirs.sort()
+        rel_folder = Path(folder).relative_to(base)
+        for name in sorted(files) + [d for d in dirs if Path(folder, d).is_symlink()]:
+            rel = (rel_folder / name).as_posix()
+            if rel in converted or TMP_MARK in name or name.endswith(LOCK_MARK):
+                continue
+            path = Path(folder) / name
+            safe_member(base, rel, "the input folder")  # refuses links leaving IN
+            if path.is_dir():
+                raise OutputError(f"{path}: is a link to a folder; tieconv carries files only: copy it in instead")
+            if not path.is_file():
+                left_out[rel] = "not a regular file"
+                continue
+            if name.endswith(WEIGHT_SUFFIXES) or name.endswith((".index.json",)) and "model" in name:
+                if drop_other_weights:
+                    left_out[rel] = "another weight file (--drop-other-weights)"
+                    continue
+                others.append(rel)
+            carried.append(rel)
+    warnings = []
+    if others:
+        warnings.append(f"carried unchanged, with the input's tie state: {', '.join(others[:5])}"
+                        + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+                        + " (another weight format; pass --drop-other-weights to leave them out)")
+    return carried, left_out, warnings
+
+
+def training_entries(ckpt: Checkpoint) -> list[str]:
+    """Top-level entries of a torch file besides its state dict's tensors (optimizer, iter_num, config...)."""
+    if ckpt.layout != "torch-file":
         return []
-    skip = set(ckpt.files) | {SAFETENSORS_INDEX, BIN_INDEX, "config.json"}
-    out = []
-    for entry in sorted(os.listdir(ckpt.root)):
-        p = ckpt.root / entry
-        if entry in skip or not p.is_file() or entry.endswith((".safetensors", ".bin", ".pt", ".pth", ".gguf")):
-            continue
-        safe_member(ckpt.root, entry, "folder")
-        out.append(entry)
-    return out
+    import torch
+
+    from .checkpoint import NESTED_STATE_DICT_KEYS
+
+    obj = ckpt._pickles[ckpt.files[0]]
+    if not isinstance(obj, dict):
+        return []
+    nested = next((k for k in NESTED_STATE_DICT_KEYS if isinstance(obj.get(k), dict)
+                   and any(isinstance(v, torch.Tensor) for v in obj[k].values())), None)
+    if nested is not None and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return [str(k) for k in obj if k != nested]
+    return [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
 
 
 def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
          embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
-         format: str | None = None) -> tuple[Plan, Report]:
+         drop_optimizer: bool = False, drop_other_weights: bool = False) -> tuple[Plan, Report]:
     """Compute what `tie` or `untie` would do, without writing anything.
+
+    OUT's name decides the output's kind (see `output_kind`); whether OUT may be written there is
+    checked by `convert.preflight`, before any real or dry run.
 
     Example:
         >>> import tieconv
@@ -256,66 +373,108 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     """
     if keep not in (None, "embed", "head"):
         raise RefusedError(f"--keep must be 'embed' or 'head', not {keep!r}")
-    if format not in (None, "torch", "safetensors", "gguf"):
-        raise RefusedError(f"--format must be 'torch' or 'safetensors', not {format!r}")
+    if action not in ("tie", "untie"):
+        raise ValueError(action)
     from . import hub
 
     named = str(src)
     src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
+    is_file, fmt = output_kind(ckpt, str(dst))
+    left_out = _check_carriable(ckpt, fmt, drop_optimizer)
     if action == "tie":
         dropped, added, replaced, flag, nothing, reason = _tie_ops(report, keep, assume_tied, force)
-    elif action == "untie":
-        dropped, added, replaced, flag, nothing, reason = _untie_ops(report, force)
     else:
-        raise ValueError(action)
+        dropped, added, replaced, flag, nothing, reason = _untie_ops(report, force)
+    if fmt == "torch":  # torch files keep tied tensors as one storage under both keys (nanoGPT loads both)
+        dropped = [k for k in dropped if k not in _shared_targets(report)]
+        nothing = nothing or (action == "tie" and not dropped and not force and report.verdict == "tied")
     p = Plan(action, named, str(dst), report.verdict, None, nothing, reason)
+    p.output_format, p.output_is_file, p.link, p.overwrite = fmt, is_file, link, overwrite
+    p.bytes_before = p.bytes_after = report.bytes.total
+    p.parameters_before = p.parameters_after = report.parameters.stored
     if nothing:
         return p, report
-    _check_destination(Path(dst), Path(src), overwrite)
-    fmt = format or {"torch-file": "torch", "gguf": "gguf"}.get(ckpt.layout, "safetensors")
-    if ckpt.layout == "gguf" and fmt != "gguf":
-        raise RefusedError(f"{src}: a GGUF file is written as GGUF; --format does not apply")
-    if fmt == "torch" and ckpt.layout != "torch-file":
-        raise RefusedError(f"{src}: --format torch applies to single torch files only; this is {ckpt.layout}")
-    p.output_format, p.link, p.overwrite = fmt, link, overwrite
-    if ckpt.layout == "torch-file" and fmt == "safetensors":
-        p.left_out = _training_entries(ckpt)
 
     aliases = {}
-    if action == "tie" and report.head and ckpt.config is None:
+    if action == "tie" and report.head and ckpt.config is None and fmt == "safetensors":
         aliases = {k: report.embed.key for k in dropped}  # record `dropped -> kept`, as save_model does
     p.dropped, p.added, p.replaced = sorted(dropped), dict(added), dict(replaced)
+    if action == "untie":
+        p.separated = _shared_targets(report)
     p.config_changes = _config_changes(report, ckpt, flag)
-    p.files = _output_files(ckpt, set(dropped), added, replaced, aliases, fmt)
-    p.copied_files = _other_files(ckpt)
+    p.weights_folder = weights_folder(ckpt)
+    p.files = _output_files(ckpt, set(dropped), added, replaced, aliases, fmt,
+                            Path(str(dst)).name if is_file else None)
+    p.copied_files, carried_left_out, carried_warnings = carried_files(ckpt, fmt, drop_other_weights)
+    p.left_out = {**left_out, **carried_left_out}
     p.output_layout = _output_layout(ckpt, len(p.files), fmt)
-    output_total = sum(t.nbytes for f in p.files for t in f.tensors)
-    p.bytes_before, p.bytes_after = report.bytes.total, output_total
+    output_total = _output_bytes(ckpt, p)
+    p.bytes_after = output_total
     p.bytes_saved = report.bytes.total - output_total
-    p.parameters_before = report.parameters.stored
     p.parameters_after = sum(_numel(t.shape) for f in p.files for t in f.tensors)
-    if reason.endswith("(--force)"):
-        p.output_verdict = report.verdict  # a normalised copy of a consistent checkpoint
-    elif action == "tie":
-        p.output_verdict = "tied"
-    elif report.verdict == "conflict":
-        p.output_verdict = "untied"
-    elif report.tie_flag.forced:
-        p.output_verdict = "duplicated"
-        p.warnings.append("transformers 5 forces this config class to tie, and re-ties equal copies at load")
-    else:
-        p.output_verdict = "tieable"
-    if action == "untie" and ckpt.config and ckpt.config.get("model_type") in ALWAYS_TIED_IN_VLLM:
-        p.warnings.append(f"vLLM ties {ckpt.config.get('model_type')} models whatever the files hold: "
-                          "it will ignore the stored head")
-    if ckpt.layout.startswith("hf-bin"):
-        p.warnings.append("the .bin input is written as safetensors")
-    if p.left_out:
-        p.warnings.append("written as safetensors, which holds tensors only: left out " + ", ".join(p.left_out))
+    p.output_verdict = _output_verdict(action, report, reason, p)
+    p.warnings += carried_warnings + _warnings(action, report, p, ckpt, drop_optimizer)
     p.loader_bytes_saved = _loader_bytes(report) - _loader_bytes_after(report, p)
     return p, report
+
+
+def _check_carriable(ckpt: Checkpoint, fmt: str, drop_optimizer: bool) -> dict[str, str]:
+    """A torch file's other entries go where they can be kept; returns what is left out on request."""
+    entries = training_entries(ckpt)
+    if not entries:
+        return {}
+    optimizer = [e for e in entries if e in OPTIMIZER_ENTRIES]
+    if fmt != "torch":
+        raise OutputError(
+            f"{ckpt.path}: holds entries besides its tensors ({', '.join(entries[:6])}) that safetensors cannot "
+            "carry; name OUT *.pt (or *.pth, *.bin, *.ckpt) to keep them"
+        )
+    return {e: "optimizer state (--drop-optimizer)" for e in optimizer} if drop_optimizer else {}
+
+
+def _output_bytes(ckpt: Checkpoint, p: Plan) -> int:
+    """Bytes of tensor data OUT stores: a torch output keeps keys that share a storage as one storage."""
+    seen, total = set(), 0
+    for f in p.files:
+        for t in f.tensors:
+            same = p.output_format == "torch" and t.key == t.source and p.action == "tie"
+            storage = ckpt.tensors[t.source].storage if same else (f.name, t.key)
+            if storage not in seen:
+                seen.add(storage)
+                total += t.nbytes
+    return total
+
+
+def _output_verdict(action: str, report: Report, reason: str, p: Plan) -> str:
+    if reason.endswith("(--force)"):
+        return "tied" if action == "tie" else report.verdict  # a normalised copy of a consistent checkpoint
+    if action == "tie":
+        return "tied"
+    if report.verdict == "conflict":
+        return "untied"
+    if report.tie_flag.forced:
+        p.warnings.append("transformers 5 forces this config class to tie, and re-ties equal copies at load")
+        return "duplicated"
+    return "tieable"
+
+
+def _warnings(action: str, report: Report, p: Plan, ckpt: Checkpoint, drop_optimizer: bool) -> list[str]:
+    out = []
+    if action == "untie" and ckpt.config and ckpt.config.get("model_type") in ALWAYS_TIED_IN_VLLM:
+        out.append(f"vLLM ties {ckpt.config.get('model_type')} models whatever the files hold: "
+                   "it will ignore the stored head")
+    if ckpt.layout.startswith("hf-bin"):
+        out.append("the .bin input is written as safetensors")
+    optimizer = [e for e in training_entries(ckpt) if e in OPTIMIZER_ENTRIES]
+    changed = p.dropped + list(p.added) + list(p.replaced) + p.separated
+    if optimizer and not drop_optimizer and changed:
+        out.append(f"kept {', '.join(optimizer)}, which no longer matches the changed parameters "
+                   f"({', '.join(changed)}); pass --drop-optimizer to leave it out")
+    if p.left_out:
+        out.append("left out: " + ", ".join(f"{k} ({v})" for k, v in p.left_out.items()))
+    return out
 
 
 def _numel(shape) -> int:
@@ -345,37 +504,7 @@ def _loader_bytes_after(report: Report, p: Plan) -> int:
     return p.bytes_after
 
 
-def _training_entries(ckpt: Checkpoint) -> list[str]:
-    import torch
-
-    obj = ckpt._pickles[ckpt.files[0]]
-    if not isinstance(obj, dict):
-        return []
-    return sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)
-                  and not (isinstance(v, dict) and any(isinstance(x, torch.Tensor) for x in v.values())))
-
-
 def _output_layout(ckpt: Checkpoint, nfiles: int, fmt: str) -> str:
-    if ckpt.layout in ("safetensors-file", "gguf"):
-        return ckpt.layout
-    if ckpt.layout == "torch-file":
-        return "torch-file" if fmt == "torch" else "safetensors-file"
+    if ckpt.layout in ("safetensors-file", "torch-file", "gguf"):
+        return {"safetensors": "safetensors-file", "torch": "torch-file", "gguf": "gguf"}[fmt]
     return "hf-safetensors" if nfiles == 1 else "hf-safetensors-sharded"
-
-
-def _check_destination(dst: Path, src: Path, overwrite: bool) -> None:
-    """Refuse OUT equal to, inside, or containing IN (resolved paths), and an existing OUT without overwrite."""
-    rdst, rsrc = dst.resolve(), src.resolve()
-    for a, b, what in ((rdst, rsrc, "is or is inside the input"), (rsrc, rdst, "contains the input")):
-        try:
-            a.relative_to(b)
-        except ValueError:
-            continue
-        raise OutputError(f"{dst}: {what}; write the output elsewhere")
-    if os.path.lexists(dst) and not overwrite:
-        raise OutputError(f"{dst}: already exists; choose a new output path, or pass --overwrite")
-    if not dst.parent.is_dir():
-        raise OutputError(f"{dst.parent}: does not exist; create the output's parent folder first")
-
-
-# ---------------------------------------------------------------- executing

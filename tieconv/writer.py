@@ -7,9 +7,11 @@ hundred-gigabyte model never holds more than one chunk in memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,17 @@ class WriteEntry:
     src_offset: int = 0
 
 
+# bytes per element, for alignment: safetensors' writer places every tensor at a multiple of its dtype's size
+DTYPE_ALIGN = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4,
+               "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+def aligned_order(entries: list[WriteEntry]) -> list[WriteEntry]:
+    """Entries ordered widest dtype first (stable), as safetensors' writer does: with the data start 8-byte
+    aligned and every size a multiple of its element size, each tensor then starts at a multiple of it."""
+    return sorted(entries, key=lambda e: -DTYPE_ALIGN.get(e.dtype, 1))
+
+
 def header_bytes(entries: list[WriteEntry], metadata: dict[str, str] | None) -> bytes:
     doc: dict = {}
     if metadata:
@@ -51,6 +64,7 @@ def write_safetensors(path: Path, entries: list[WriteEntry], metadata: dict[str,
     Entries that name a source file range are copied with `os.copy_file_range` (no
     trip through user space, and never decoded); the others stream their chunks.
     """
+    entries = aligned_order(entries)
     head = header_bytes(entries, metadata)
     with _open_new(path) as f:
         f.write(head)
@@ -132,12 +146,20 @@ def copy_file(src: Path, dst: Path) -> None:
 
 
 class OutputFolder:
-    """Write into a temporary sibling of `final`, then rename it into place: all or nothing.
+    """Write into a temporary sibling of `final`, then swap it into place: all or nothing.
 
     A lock file beside `final` (`<OUT>.tieconv-lock`, flock) lets one process write a given OUT at a
-    time; another fails at once. Temporary folders are named `<OUT>.tieconv-tmp-<pid>` so that a
-    later run can recognise the ones a killed process left behind and remove them, but only when
-    that process is no longer alive.
+    time; another fails at once. The temporary `<OUT>.tieconv-tmp-<pid>-<random>` is recorded in an
+    ownership record beside it (`<OUT>.tieconv-own-<pid>-<random>`, JSON naming the temporary and its
+    inode), never inside it, so a later run removes exactly what a dead tieconv process created and
+    nothing that is merely named like it (a user's file may be called `out.tieconv-tmp-999999`).
+
+    Replacing an existing OUT (`overwrite`) never leaves OUT absent: folders are exchanged in one
+    atomic step (`renameat2(RENAME_EXCHANGE)` on Linux), files replaced with `os.replace`; after the
+    exchange the temporary's name holds the old copy, which is deleted. Where the exchange is not
+    available, the old copy is moved aside under a recorded name first, and a later run that finds OUT
+    absent moves it back. SIGINT and SIGTERM are held back from the swap until the record is updated;
+    one that arrived then is reported in `interrupted_after_swap` instead of failing a finished run.
     """
 
     def __init__(self, final: Path, is_file: bool = False, overwrite: bool = False, needed_bytes: int = 0):
@@ -145,23 +167,29 @@ class OutputFolder:
         self.is_file = is_file
         self.overwrite = overwrite
         self.needed_bytes = needed_bytes
-        self.tmp = final.parent / f"{final.name}{TMP_MARK}{os.getpid()}"
+        tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp = final.parent / f"{final.name}{TMP_MARK}{tag}"
+        self.record = final.parent / f"{final.name}{OWN_MARK}{tag}"
         self.lock_path = final.parent / f"{final.name}{LOCK_MARK}"
+        self.interrupted_after_swap = False
         self._lock_fd: int | None = None
 
     def __enter__(self) -> Path:
-        if not self.final.parent.is_dir():
-            raise OutputError(f"{self.final.parent}: output folder's parent does not exist")
+        check_output_parent(self.final)
         self._lock()
         try:
+            recover(self.final)
             if os.path.lexists(self.final) and not self.overwrite:
                 raise OutputError(f"{self.final}: already exists; choose a new output path, or pass --overwrite")
-            remove_stale_temporaries(self.final)
             free = shutil.disk_usage(self.final.parent).free
             if self.needed_bytes > free:
                 raise OutputError(f"{self.final}: needs {self.needed_bytes} bytes but only {free} are free on "
                                   f"{self.final.parent}; free space and retry")
             self.tmp.mkdir()  # fails on anything already there, a planted link included
+            _write_record(self.record, {"tmp": self.tmp.name, "ino": self.tmp.lstat().st_ino, "state": "writing"})
+        except OSError as exc:
+            self._unlock()
+            raise OutputError(f"{self.final.parent}: cannot write there ({exc.strerror or exc})") from None
         except BaseException:
             self._unlock()
             raise
@@ -170,18 +198,28 @@ class OutputFolder:
     def _lock(self) -> None:
         import fcntl
 
-        try:
-            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as exc:  # a link planted at the lock's name is never followed
-            raise OutputError(f"{self.lock_path}: cannot create the lock file ({exc.strerror}); "
-                              "remove it if no tieconv process is running") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a link planted at the lock's name is never followed
+                    raise OutputError(f"{self.lock_path}: is a link, not tieconv's lock file; remove it") from None
+                raise OutputError(f"{self.final.parent}: cannot write there ({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputError(f"{self.final}: another tieconv process is writing it (lock {self.lock_path}); "
+                                  "wait for it or choose another output") from None
+            # the holder before us unlinks the lock when done: make sure we locked the file at the name now
+            try:
+                same = os.stat(self.lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._lock_fd = fd
+                return
             os.close(fd)
-            raise OutputError(f"{self.final}: another tieconv process is writing it (lock {self.lock_path}); "
-                              "wait for it or choose another output") from None
-        self._lock_fd = fd
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -201,32 +239,153 @@ class OutputFolder:
     def _finish(self, exc_type, exc) -> None:
         if exc_type is not None:
             _remove(self.tmp)
+            _remove(self.record)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise OutputError(
                     f"{self.final}: {os.strerror(exc.errno).lower()} while writing; the output needs "
                     f"{self.needed_bytes} bytes: free space (or raise the file size limit) and retry"
                 ) from None
             return
-        old = None
-        if os.path.lexists(self.final):
-            if not self.overwrite:
-                _remove(self.tmp)
-                raise OutputError(f"{self.final}: appeared while writing; not overwriting it")
-            # the new output is complete: move the old aside, move the new in, delete the old
-            old = self.final.parent / f"{self.final.name}{TMP_MARK}old-{os.getpid()}"
-            os.rename(self.final, old)
+        fsync_tree(self.tmp)
+        with _signals_held() as held:
+            self._swap_into_place()
+        self.interrupted_after_swap = held.arrived
+
+    def _swap_into_place(self) -> None:
+        final, tmp = self.final, self.tmp
+        exists = os.path.lexists(final)
+        if exists and not self.overwrite:
+            raise OutputError(f"{final}: appeared while writing; not overwriting it")
         if self.is_file:
-            (only,) = list(self.tmp.iterdir())
-            os.rename(only, self.final)
-            self.tmp.rmdir()
+            (only,) = list(tmp.iterdir())
+            if exists and final.is_dir() and not final.is_symlink():
+                raise OutputError(f"{final}: is a folder; a file output never replaces a folder")
+            os.replace(only, final)  # atomic: OUT is the old file or the new one, never absent
+            _fsync_dir(final.parent)
+            os.rmdir(tmp)
+        elif not exists:
+            rename_noreplace(tmp, final)
+            _fsync_dir(final.parent)
         else:
-            os.rename(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
-        if old is not None:
-            _remove(old)
+            if not final.is_dir() and not final.is_symlink():
+                raise OutputError(f"{final}: is a file; a folder output never replaces a file")
+            if exchange(tmp, final):
+                # the temporary's name now holds the old OUT, still listed in the record as ours
+                _fsync_dir(final.parent)
+            else:  # no atomic exchange here: move the old aside under a recorded name, then the new in
+                old = final.parent / f"{final.name}{TMP_MARK}old-{self.tmp.name.rsplit(TMP_MARK, 1)[1]}"
+                _write_record(self.record, {"tmp": tmp.name, "ino": tmp.lstat().st_ino, "state": "moving",
+                                            "old": old.name, "old_ino": final.lstat().st_ino})
+                os.rename(final, old)
+                os.rename(tmp, final)
+                _fsync_dir(final.parent)
+                os.rename(old, tmp)  # the old copy under the temporary's recorded name (its inode recorded)
+                _write_record(self.record, {"tmp": tmp.name, "ino": tmp.lstat().st_ino, "state": "writing"})
+            _remove(tmp)
+        _remove(self.record)
 
 
 LOCK_MARK = ".tieconv-lock"
+OWN_MARK = ".tieconv-own-"
+RECORD_MAGIC = "tieconv ownership record v1"
+
+
+class _Held:
+    arrived = False
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT/SIGTERM back while OUT is being swapped; swallow one that arrived meanwhile."""
+    import signal
+    import threading
+
+    held = _Held()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield held
+        return
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield held
+    finally:
+        pending = signal.sigpending() & wanted
+        if pending:
+            held.arrived = True
+            for sig in pending:
+                signal.sigtimedwait({sig}, 0)  # consume it: the output is complete, the run succeeded
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _write_record(path: Path, doc: dict) -> None:
+    """Write an ownership record atomically (a new file renamed over the old one), durably."""
+    body = json.dumps({"magic": RECORD_MAGIC, "pid": os.getpid(), **doc}).encode()
+    part = path.parent / (path.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
+    _fsync_dir(path.parent)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 4096:
+            return None
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("magic") != RECORD_MAGIC or not isinstance(doc.get("pid"), int):
+        return None
+    return doc
+
+
+def _owned(folder: Path, name: object, ino: object) -> Path | None:
+    """The path a record names, if it is still the very entry tieconv created (same inode), else None."""
+    if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+        return None
+    path = folder / name
+    try:
+        return path if path.lstat().st_ino == ino else None
+    except OSError:
+        return None
+
+
+def recover(final: Path) -> list[Path]:
+    """Finish or undo what dead tieconv processes left beside `final`, using their ownership records.
+
+    Only entries a record names and whose inode still matches are touched; records of live
+    processes are left alone. A run that was killed after moving the old OUT aside (where no atomic
+    exchange exists) left OUT absent: the old copy is moved back.
+    """
+    removed = []
+    prefix = f"{final.name}{OWN_MARK}"
+    for entry in sorted(final.parent.iterdir()):
+        if not entry.name.startswith(prefix) or entry.name.endswith(".part"):
+            continue
+        doc = _read_record(entry)
+        if doc is None or (_alive(doc["pid"]) and doc["pid"] != os.getpid()):
+            continue
+        if doc.get("state") == "moving":
+            old = _owned(final.parent, doc.get("old"), doc.get("old_ino"))
+            if old is not None and not os.path.lexists(final):
+                os.rename(old, final)  # the old OUT back in place
+                _fsync_dir(final.parent)
+            elif old is not None:
+                _remove(old)
+                removed.append(old)
+        tmp = _owned(final.parent, doc.get("tmp"), doc.get("ino"))
+        if tmp is not None:
+            _remove(tmp)
+            removed.append(tmp)
+        _remove(entry)
+        part = entry.parent / (entry.name + ".part")
+        if part.is_file() and not part.is_symlink():
+            part.unlink()
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -242,24 +401,77 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError, ValueError):
         return True
     return True
 
 
-def remove_stale_temporaries(final: Path) -> list[Path]:
-    """Remove `<OUT>.tieconv-tmp-<pid>` leftovers whose process is gone; keep those of live processes."""
-    removed = []
-    prefix = f"{final.name}{TMP_MARK}"
-    for entry in final.parent.iterdir():
-        if not entry.name.startswith(prefix):
-            continue
-        tail = entry.name[len(prefix):].removeprefix("old-")
-        if not tail.isdigit() or (_alive(int(tail)) and int(tail) != os.getpid()):
-            continue
-        _remove(entry)
-        removed.append(entry)
-    return removed
+def check_output_parent(final: Path) -> None:
+    """OUT's parent must be an existing, writable folder (said before any work is done)."""
+    parent = final.parent
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: does not exist; create the output's parent folder first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent}: cannot write there (permission denied); choose another output folder")
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = len(f"{final.name}{TMP_MARK}old-{os.getpid()}-00000000.part".encode())
+    if longest > limit:
+        room = limit - (longest - len(final.name.encode()))
+        raise OutputError(f"{final}: the name is too long for this file system (at most {max(room, 1)} bytes "
+                          "leave room for tieconv's temporary suffix); choose a shorter name")
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder below `root` (then `root`): the output is durable before it is renamed."""
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2 through libc (the os module has no wrapper); False where it is not available."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    func = getattr(libc, "renameat2", None)
+    if func is None:
+        return False
+    at_fdcwd = -100
+    if func(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # the file system cannot do it
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths; False where the platform or file system cannot."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename, failing if `dst` appeared meanwhile (plain rename over an empty folder would succeed)."""
+    if not _renameat2(src, dst, _RENAME_NOREPLACE):
+        if os.path.lexists(dst):
+            raise OutputError(f"{dst}: appeared while writing; not overwriting it")
+        os.rename(src, dst)
 
 
 def _fsync_dir(path: Path) -> None:
