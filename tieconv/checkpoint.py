@@ -373,6 +373,9 @@ def _open_file(path: Path) -> Checkpoint:
                 raise CorruptFileError(f"{path}: tensor {key!r} appears twice")
             ckpt.tensors[key] = StoredTensor(key, dtype, shape, nbytes, name, (name, offset), offset)
         ckpt.notes.append("GGUF carries no tie flag: llama.cpp uses token_embd.weight when output.weight is absent")
+        rule = gguf_file.llama_cpp_head_rule(gguf_file.architecture(path))
+        if rule:
+            ckpt.notes.append(f"except here: {rule}; keep output.weight")
         return ckpt
     raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth, .gguf or a model folder")
 

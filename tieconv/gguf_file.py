@@ -14,6 +14,35 @@ EMBED = "token_embd.weight"
 HEAD = "output.weight"
 
 
+def llama_cpp_head_rule(arch: str | None) -> str | None:
+    """Why llama.cpp cannot load a GGUF of `arch` without output.weight, or None where it falls back.
+
+    The lists are data read from llama.cpp's loader source (tieconv/data/llamacpp_output.json): an
+    architecture that any read version requires the head for is refused, to be safe across builds.
+    """
+    import json
+    from importlib import resources
+
+    rules = json.loads(resources.files("tieconv").joinpath("data/llamacpp_output.json").read_text())
+    if arch in rules["requires_output"]:
+        return f"llama.cpp's {arch} loader requires output.weight (it does not fall back to token_embd.weight)"
+    older = rules["required_before_fallback_was_added"].get(arch or "")
+    if older:
+        return f"{older} requires output.weight for {arch}"
+    return None
+
+
+def architecture(path: Path) -> str | None:
+    """The GGUF's general.architecture, or None."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(path, "r").get_field(gguf.Keys.General.ARCHITECTURE)
+        return str(field.contents()) if field is not None else None
+    except Exception:  # noqa: BLE001 - read_tensors reports unreadable files
+        return None
+
+
 def read_tensors(path: Path):
     """[(name, type name, shape, nbytes, absolute data offset)] of the GGUF file at `path`."""
     try:

@@ -97,6 +97,12 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
     path = report.path
     if v == "no-head":
         raise RefusedError(f"{path}: the model has no output head; there is nothing to tie")
+    if report.layout == "gguf" and report.head and report.head.stored:
+        from .gguf_file import architecture, llama_cpp_head_rule
+
+        rule = llama_cpp_head_rule(architecture(report.checkpoint.root / report.checkpoint.files[0]))
+        if rule:
+            raise RefusedError(f"{path}: refused: {rule}, so a tied GGUF would not load; keep it as it is")
     if v in ("untied", "conflict"):
         if report.embed.shape != report.head.shape:
             raise RefusedError(f"{path}: {e} and {h} have different shapes ({report.embed.shape} vs "

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -185,6 +186,8 @@ class OutputFolder:
             if self.needed_bytes > free:
                 raise OutputError(f"{self.final}: needs {self.needed_bytes} bytes but only {free} are free on "
                                   f"{self.final.parent}; free space and retry")
+            # the record first, so no kill leaves a temporary nobody owns; then the temporary, then its inode
+            _write_record(self.record, {"tmp": self.tmp.name, "state": "creating"})
             self.tmp.mkdir()  # fails on anything already there, a planted link included
             _write_record(self.record, {"tmp": self.tmp.name, "ino": self.tmp.lstat().st_ino, "state": "writing"})
         except OSError as exc:
@@ -269,6 +272,9 @@ class OutputFolder:
         else:
             if not final.is_dir() and not final.is_symlink():
                 raise OutputError(f"{final}: is a file; a folder output never replaces a file")
+            # after the exchange the temporary's name holds the old OUT's inode: record both as ours
+            _write_record(self.record, {"tmp": tmp.name, "ino": tmp.lstat().st_ino, "state": "swapping",
+                                        "alt_ino": final.lstat().st_ino})
             if exchange(tmp, final):
                 # the temporary's name now holds the old OUT, still listed in the record as ours
                 _fsync_dir(final.parent)
@@ -344,14 +350,22 @@ def _read_record(path: Path) -> dict | None:
 
 
 def _owned(folder: Path, name: object, ino: object) -> Path | None:
-    """The path a record names, if it is still the very entry tieconv created (same inode), else None."""
+    """The path a record names, if it is still the very entry tieconv created (same inode), else None.
+
+    A record written just before its temporary was created has no inode yet: the name is then ours
+    only as an empty folder (mkdir succeeds only where nothing was), the state a kill right after
+    the mkdir leaves.
+    """
     if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
         return None
     path = folder / name
     try:
-        return path if path.lstat().st_ino == ino else None
+        st = path.lstat()
     except OSError:
         return None
+    if ino is None:
+        return path if stat.S_ISDIR(st.st_mode) and not any(path.iterdir()) else None
+    return path if st.st_ino == ino else None
 
 
 def recover(final: Path) -> list[Path]:
@@ -363,8 +377,10 @@ def recover(final: Path) -> list[Path]:
     """
     removed = []
     prefix = f"{final.name}{OWN_MARK}"
-    for entry in sorted(final.parent.iterdir()):
-        if not entry.name.startswith(prefix) or entry.name.endswith(".part"):
+    # a record's `.part` is complete once it parses (it is written whole, then renamed): a kill between
+    # the two leaves only the `.part`, which names what it owns just as well
+    for entry in sorted(final.parent.iterdir(), key=lambda e: e.name.endswith(".part")):
+        if not entry.name.startswith(prefix) or not entry.exists():
             continue
         doc = _read_record(entry)
         if doc is None or (_alive(doc["pid"]) and doc["pid"] != os.getpid()):
@@ -378,13 +394,12 @@ def recover(final: Path) -> list[Path]:
                 _remove(old)
                 removed.append(old)
         tmp = _owned(final.parent, doc.get("tmp"), doc.get("ino"))
+        if tmp is None and "alt_ino" in doc:
+            tmp = _owned(final.parent, doc.get("tmp"), doc.get("alt_ino"))
         if tmp is not None:
             _remove(tmp)
             removed.append(tmp)
         _remove(entry)
-        part = entry.parent / (entry.name + ".part")
-        if part.is_file() and not part.is_symlink():
-            part.unlink()
     return removed
 
 
