@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -355,3 +357,171 @@ def test_gemma_untie_keeps_the_input_scaling_and_warns_about_vllm(tmp_path):
     result = tieconv.untie(tmp_path / "gemma", tmp_path / "out")
     assert any("vLLM" in w for w in result.warnings)
     torch.testing.assert_close(any_logits(tmp_path / "out"), any_logits(tmp_path / "gemma"), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- nothing lost: each user mistake refused
+
+
+def cli_run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+@pytest.mark.parametrize("args,option", [
+    (["tie", "--embed", "model.embed_tokens.weigth", "--head", "lm_head.weight"], "--embed"),
+    (["untie", "--head", "lm_head.weigth"], "--head"),
+])
+def test_a_typo_in_a_key_is_refused_naming_the_closest_key(tmp_path, args, option):
+    action, *options = args
+    result = cli_run(action, FIXTURES / "llama-untied", tmp_path / "out", *options)
+    assert result.exit_code == 2, result.output
+    assert f"{option} " in result.output and "is not a stored key; did you mean" in result.output
+    assert not (tmp_path / "out").exists()
+    result = cli_run("inspect", FIXTURES / "llama-untied", "--embed", "nope.weight")
+    assert result.exit_code == 2 and "is not a stored key" in result.output
+
+
+def test_an_unstored_head_override_may_name_the_key_the_loader_reads(tmp_path):
+    assert tieconv.inspect(FIXTURES / "llama-tied", head="lm_head.weight").verdict == "tied"
+    with pytest.raises(tieconv.InputError, match="not a matrix"):
+        tieconv.inspect(FIXTURES / "llama-untied", embed="model.norm.weight")
+
+
+SINGLE_INPUTS = {
+    "safetensors": FIXTURES / "single-files" / "llama-untied.safetensors",
+    "meta-pth": FIXTURES / "meta-llama" / "consolidated.00.pth",
+    "torchtune-pt": FIXTURES / "torchtune" / "model-00001-of-00001.pt",
+}
+
+
+@pytest.mark.parametrize("suffix,layout", [(".safetensors", "safetensors-file"), (".pt", "torch-file"),
+                                           (".pth", "torch-file"), (".bin", "torch-file"), (".ckpt", "torch-file")])
+@pytest.mark.parametrize("name", sorted(SINGLE_INPUTS))
+def test_every_file_output_kind_reads_back(tmp_path, name, suffix, layout):
+    src = SINGLE_INPUTS[name]
+    out = tmp_path / f"out{suffix}"
+    action = "untie" if tieconv.inspect(src).verdict == "tied" else "tie"
+    getattr(tieconv, action)(src, out, **({"keep": "embed"} if action == "tie" else {}))
+    report = tieconv.inspect(out)
+    assert report.layout == layout
+    assert report.verdict == ("tied" if action == "tie" else "tieable")
+    if suffix != ".safetensors":
+        torch.load(out, weights_only=True)  # a zip torch file anyone can load safely
+
+
+def test_output_names_that_cannot_be_right_are_refused(tmp_path):
+    src = FIXTURES / "single-files" / "llama-untied.safetensors"
+    for out, words in [(f"{tmp_path}/outdir/", "IN is a file, so OUT is a file"),
+                       (tmp_path / "x.gguf", "only a GGUF input"), (tmp_path / "x.txt", "names no format")]:
+        result = cli_run("tie", src, out, "--keep", "embed")
+        assert result.exit_code == 2 and words in result.output, result.output
+    result = cli_run("untie", FIXTURES / "nanogpt", tmp_path / "nano.pt")
+    assert result.exit_code == 2 and "IN is a folder, so OUT is a folder" in result.output
+    (tmp_path / "afile").write_text("mine")
+    result = cli_run("untie", FIXTURES / "llama-tied", tmp_path / "afile", "--overwrite")
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert (tmp_path / "afile").read_text() == "mine"
+    (tmp_path / "adir.safetensors").mkdir()
+    result = cli_run("tie", src, tmp_path / "adir.safetensors", "--keep", "embed", "--overwrite")
+    assert result.exit_code == 2 and "is a folder" in result.output
+    assert list(tmp_path.glob("*tieconv-*")) == []
+
+
+def test_unwritable_destination_names_the_folder(tmp_path):
+    result = cli_run("tie", FIXTURES / "llama-duplicated", "/proc/out")
+    assert result.exit_code == 2 and "/proc" in result.output and "lock" not in result.output, result.output
+    result = cli_run("tie", FIXTURES / "llama-duplicated", tmp_path / "no" / "out")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    long_name = tmp_path / ("x" * 250)
+    result = cli_run("tie", FIXTURES / "llama-duplicated", long_name)
+    assert result.exit_code == 2 and "too long" in result.output
+
+
+def test_nothing_to_do_checks_out_and_reports_true_sizes(tmp_path):
+    result = cli_run("tie", FIXTURES / "llama-tied", tmp_path / "out", "--json")
+    doc = json.loads(result.output)
+    report = tieconv.inspect(FIXTURES / "llama-tied")
+    assert doc["nothing_to_do"] is True and doc["bytes"]["before"] == report.bytes.total > 0
+    assert doc["parameters"]["before"] == report.parameters.stored > 0 and not (tmp_path / "out").exists()
+    result = cli_run("tie", FIXTURES / "llama-tied", tmp_path / "missing" / "out")
+    assert result.exit_code == 2  # an invalid OUT is said even when there is nothing to do
+
+
+def test_subfolders_and_other_files_are_carried(tmp_path, fixture_copy):
+    src = fixture_copy("llama-duplicated")
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text('{"pooling": "mean"}')
+    (src / "tokenizer" / "deep").mkdir(parents=True)
+    (src / "tokenizer" / "deep" / "vocab.txt").write_text("a\nb\n")
+    (src / "original").mkdir()
+    torch.save({"tok_embeddings.weight": torch.ones(2, 2)}, src / "original" / "consolidated.00.pth")
+    result = tieconv.tie(src, tmp_path / "out")
+    out = tmp_path / "out"
+    assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling": "mean"}'
+    assert (out / "tokenizer" / "deep" / "vocab.txt").read_text() == "a\nb\n"
+    assert (out / "original" / "consolidated.00.pth").read_bytes() == (src / "original" / "consolidated.00.pth").read_bytes()
+    assert any("original/consolidated.00.pth" in w and "--drop-other-weights" in w for w in result.warnings)
+    result = tieconv.tie(src, tmp_path / "lean", drop_other_weights=True)
+    assert not (tmp_path / "lean" / "original" / "consolidated.00.pth").exists()
+    assert result.plan.left_out == {"original/consolidated.00.pth": "another weight file (--drop-other-weights)"}
+    (src / "escape").symlink_to(tmp_path / "out" / "config.json")
+    with pytest.raises(tieconv.TieconvError, match="outside the model folder"):
+        tieconv.tie(src, tmp_path / "out3")
+
+
+def test_sentence_transformers_folder_keeps_its_layout(tmp_path):
+    st = tmp_path / "st"
+    shutil.copytree(FIXTURES / "llama-duplicated", st / "0_Transformer")
+    (st / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer",
+                                                  "type": "sentence_transformers.models.Transformer"}]))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text("{}")
+    tieconv.tie(st, tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out)) == ["0_Transformer", "1_Pooling", "modules.json"]
+    assert sorted(os.listdir(out / "0_Transformer")) == ["config.json", "model.safetensors"]
+    assert tieconv.inspect(out).verdict == "tied"
+
+
+def test_torch_file_entries_beside_the_tensors_are_kept(tmp_path):
+    embed = torch.randn(8, 4)
+    torch.save({"tok_embeddings.weight": embed, "output.weight": embed.clone(), "iter_num": 1200,
+                "note": {"lr": 0.1}}, tmp_path / "m.pt")
+    tieconv.tie(tmp_path / "m.pt", tmp_path / "out.pt")
+    obj = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert obj["iter_num"] == 1200 and obj["note"] == {"lr": 0.1} and "output.weight" not in obj
+    assert torch.equal(obj["tok_embeddings.weight"], embed)
+
+
+def test_one_storage_in_a_pickle_is_one_tensor(tmp_path):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    sd = model.state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+    torch.save(sd, folder / "pytorch_model.bin")
+    cfg = model.config.to_dict()
+    cfg["tie_word_embeddings"] = False
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert tieconv.inspect(folder).verdict == "tieable"
+    result = tieconv.tie(folder, tmp_path / "out")
+    assert result.verdict == "tied" and result.plan.dropped == ["lm_head.weight"]
+    assert "lm_head.weight" not in load_file(tmp_path / "out" / "model.safetensors")
+    result = tieconv.tie(FIXTURES / "gpt2-bin", tmp_path / "forced", force=True)
+    assert result.verdict == "tied" and tieconv.inspect(tmp_path / "forced").bytes.reclaimable == 0
+    torch.testing.assert_close(logits(tmp_path / "out"), logits(folder), rtol=0, atol=0)
+    result = tieconv.tie(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "n.pt", force=True)
+    m = torch.load(tmp_path / "n.pt", weights_only=True)["model"]
+    assert m["_orig_mod.lm_head.weight"].data_ptr() == m["_orig_mod.transformer.wte.weight"].data_ptr()
+    assert result.verdict == "tied"
+
+
+def test_non_regular_inputs_are_refused_at_once(tmp_path):
+    fifo = tmp_path / "x.safetensors"
+    os.mkfifo(fifo)
+    for path in ("/dev/null", fifo):
+        for args in (["inspect", path], ["tie", path, tmp_path / "o.safetensors"]):
+            result = cli_run(*args)
+            assert result.exit_code == 2 and "not a regular file" in result.output, result.output

@@ -88,3 +88,47 @@ def test_corrupt_gguf(tmp_path):
         tieconv.inspect(path)
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_gguf_tie_ignores_the_input_folders_other_files(tmp_path):
+    src = write_gguf(tmp_path / "m.gguf", head="same")
+    (tmp_path / "notes.txt").write_text("neighbour")
+    result = tieconv.tie(src, tmp_path / "out.gguf")
+    assert result.verdict == "tied" and result.files_written == [str(tmp_path / "out.gguf")]
+
+
+def test_gguf_alignment_is_carried_over(tmp_path):
+    path = tmp_path / "aligned.gguf"
+    rng = np.random.default_rng(0)
+    embed = rng.standard_normal((64, 16)).astype(np.float32)
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_custom_alignment(64)
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))  # odd size: padding matters
+    writer.add_tensor("output.weight", embed.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tieconv.tie(path, tmp_path / "out.gguf")
+    reader = gguf.GGUFReader(tmp_path / "out.gguf")  # gguf's own reader must read it
+    assert reader.alignment == 64
+    assert np.array_equal(np.array(reader.tensors[0].data), embed)
+    assert [t.name for t in reader.tensors] == ["token_embd.weight", "blk.0.attn_norm.weight"]
+
+
+def test_gguf_tie_refused_where_llama_cpp_requires_the_head(tmp_path):
+    path = tmp_path / "neox.gguf"
+    embed = np.ones((64, 16), dtype=np.float32)
+    writer = gguf.GGUFWriter(path, arch="gptneox")
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("output.weight", embed.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    report = tieconv.inspect(path)
+    assert report.verdict == "tieable" and any("requires output.weight" in n for n in report.notes)
+    with pytest.raises(RefusedError, match="gptneox loader requires output.weight"):
+        tieconv.tie(path, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
