@@ -525,3 +525,21 @@ def test_non_regular_inputs_are_refused_at_once(tmp_path):
         for args in (["inspect", path], ["tie", path, tmp_path / "o.safetensors"]):
             result = cli_run(*args)
             assert result.exit_code == 2 and "not a regular file" in result.output, result.output
+
+
+def test_a_refusal_of_a_dtype_only_difference_says_so(tmp_path):
+    from .helpers import embed_and_head, write_llama
+
+    embed, _ = embed_and_head(dtype=torch.bfloat16)
+    folder = write_llama(tmp_path / "m", tie=False, tensors={"model.embed_tokens.weight": embed,
+                                                            "lm_head.weight": embed.to(torch.float32)})
+    assert tieconv.inspect(folder).equal_after_cast is True
+    with pytest.raises(RefusedError, match="same values in different dtypes") as info:
+        tieconv.tie(folder, tmp_path / "out")
+    assert "changes the model's outputs" not in str(info.value)
+
+
+def test_summaries_read_as_a_person_writes(tmp_path):
+    result = cli_run("untie", FIXTURES / "llama-tied", tmp_path / "out")
+    assert "store the tie-map target as its own tensor and untie" in result.output
+    assert "(s)" not in result.output and "0 B less" not in result.output

@@ -25,7 +25,7 @@ def in_root(monkeypatch):
 @pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples(module, in_root):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
+    assert result.failed == 0 and result.attempted > 0  # every listed module has examples that really run
 
 
 def test_readme_pipeline_example(in_root):

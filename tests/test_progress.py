@@ -80,3 +80,24 @@ def test_colours_on_a_terminal_and_never_with_no_color():
     assert "\x1b[" not in out["stdout"] and "conflict" in out["stdout"]
     code, out = run(["inspect", FIXTURES / "llama-conflict"])
     assert "\x1b[" not in out["stdout"]
+    code, out = run(["inspect", FIXTURES / "llama-conflict"], stdout_tty=True, env_extra={"NO_COLOR": ""})
+    assert "\x1b[31mconflict\x1b[0m" in out["stdout"]  # no-color.org: an empty NO_COLOR does not disable colour
+
+
+def test_sigterm_exits_143_and_leaves_nothing(tmp_path):
+    import signal
+
+    code = ("import sys, time, tieconv.convert as c\n"
+            "real = c.execute\n"
+            "def slow(*a, **k):\n"
+            "    print('started', flush=True); time.sleep(30)\n"
+            "c.execute = slow\n"
+            "from tieconv.cli import main\n"
+            "sys.argv = ['tieconv', 'tie', sys.argv[1], sys.argv[2]]\n"
+            "main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(FIXTURES / "llama-duplicated"), str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 143
+    assert "interrupted" in proc.stderr.read() and not (tmp_path / "out").exists()

@@ -30,7 +30,7 @@ def _handle_errors(func):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("tieconv: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(128 + _signal_received[0])
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
             if debug:
                 raise
@@ -44,11 +44,15 @@ def _handle_errors(func):
     return click.option("--debug", is_flag=True, help="Show the traceback of internal errors.")(wrapper)
 
 
+_signal_received = [2]  # SIGINT unless SIGTERM arrived: the exit code is 128 + the signal, as shells expect
+
+
 def _install_signal_handlers() -> None:
-    """SIGTERM cleans up like Ctrl-C; SIGXFSZ is ignored so a file size limit surfaces as EFBIG."""
+    """SIGTERM cleans up like Ctrl-C (exit 143); SIGXFSZ is ignored so a file size limit surfaces as EFBIG."""
     import signal
 
     def terminate(signum, frame):
+        _signal_received[0] = signum
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
@@ -67,8 +71,9 @@ def main() -> None:
       tieconv inspect consolidated.00.pth --json
       tieconv inspect path/to/model --check   # exit 1 when the flag and the data disagree
 
-    Exit codes: 0 success; 1 --check found a problem; 2 bad input, a refusal or a failed
-    verification; 70 an internal error.
+    Exit codes: 0 success; 1 --check found a problem (verdict duplicated, conflict,
+    head-missing, embed-missing or undecided); 2 bad input, a refusal or a failed
+    verification; 70 an internal error; 130 / 143 interrupted by Ctrl-C / SIGTERM.
     """
     _install_signal_handlers()
 
@@ -87,7 +92,7 @@ def main() -> None:
 @_handle_errors
 def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, head: str | None, no_compare: bool,
                     no_download: bool, quiet: bool) -> None:
-    """Name the tying state of the checkpoint at PATH with one verdict, and the evidence.
+    """Name the tying state of the checkpoint at PATH with one verdict and its evidence.
 
     PATH is a Hugging Face model folder (safetensors or .bin, single or sharded), a single
     .safetensors / .bin / .pt / .pth file (Meta, TorchChat, nanoGPT, torchtune), a .gguf file,
@@ -163,18 +168,22 @@ def _render_conversion(result, as_json: bool) -> None:
 @_handle_errors
 def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, drop_optimizer,
                 drop_other_weights, quiet, keep, assume_tied) -> None:
-    """Write OUT: IN with the head and the embedding stored once and a config that ties them.
+    """Write OUT, a copy of IN whose head and embedding are stored once and whose config ties them.
 
     Drops the head and every other tie-map target stored as a bit-identical copy, sets the
     flag, and writes nothing else differently. Refuses when tying would change the model's
     outputs (the matrices differ: choose one with --keep) or when no head is stored and the
     config unties (--assume-tied). Nothing to do: says so, writes nothing, exits 0.
 
+    OUT mirrors IN: a folder for a folder; for a single file, OUT's suffix picks the format
+    (.safetensors; .pt, .pth, .bin or .ckpt for a torch file; .gguf for a GGUF input).
+
     \b
-    Examples:
+    Examples (each writes a new OUT, so they can be pasted in order):
       tieconv tie fixtures/llama-duplicated /tmp/llama-tied
-      tieconv tie fixtures/llama-conflict /tmp/out --keep embed
-      tieconv tie fixtures/llama-head-missing /tmp/out --assume-tied --dry-run
+      tieconv tie fixtures/llama-conflict /tmp/llama-keep-embed --keep embed
+      tieconv tie fixtures/llama-head-missing /tmp/llama-repaired --assume-tied --dry-run
+      tieconv tie fixtures/single-files/llama-untied.safetensors /tmp/llama.pt --keep embed
     """
     from .convert import tie
     from .progress import set_quiet
@@ -191,16 +200,19 @@ def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link,
 @_handle_errors
 def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, drop_optimizer,
                   drop_other_weights, quiet) -> None:
-    """Write OUT: IN with the head as its own tensor and a config that unties it.
+    """Write OUT, a copy of IN whose head is its own tensor and whose config unties it.
 
     Stores a copy of the embedding under every tie-map target a loader reads (BART's
     encoder and decoder embeddings too) and sets the flag to untied. A `conflict`
     keeps both matrices as stored. Nothing to do: says so, writes nothing, exits 0.
 
+    OUT mirrors IN, as for `tie`.
+
     \b
-    Examples:
+    Examples (each writes a new OUT, so they can be pasted in order):
       tieconv untie fixtures/llama-tied /tmp/llama-untied
       tieconv untie fixtures/bart-tied /tmp/bart-untied --json
+      tieconv untie fixtures/nanogpt/ckpt.pt /tmp/nanogpt-untied.pt
     """
     from .convert import untie
     from .progress import set_quiet

@@ -366,14 +366,18 @@ def summary(result: ConversionResult) -> str:
     if p.config_changes:
         lines.append("  config: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in p.config_changes.items()))
     verb = "saved" if result.bytes_saved >= 0 else "added"
+    loader = ("a loader allocates the same memory" if p.loader_bytes_saved == 0 else
+              f"a loader allocates {human_bytes(abs(p.loader_bytes_saved))} "
+              f"{'less' if p.loader_bytes_saved > 0 else 'more'}")
     lines.append(f"  on disk: {human_bytes(p.bytes_before)} -> {human_bytes(p.bytes_after)}; parameters stored: "
-                 f"{p.parameters_before:,} -> {p.parameters_after:,}; a loader allocates "
-                 f"{human_bytes(abs(p.loader_bytes_saved))} {'less' if p.loader_bytes_saved >= 0 else 'more'}")
+                 f"{p.parameters_before:,} -> {p.parameters_after:,}; {loader}")
     if result.files_written:
-        lines.append(f"  wrote {len(result.files_written)} file(s) in {result.seconds:.2f} s (verified: "
+        n = len(result.files_written)
+        lines.append(f"  wrote {n} file{'s' if n != 1 else ''} in {result.seconds:.2f} s (verified: "
                      f"{result.verified}); {verb} {human_bytes(abs(result.bytes_saved))} ({abs(result.bytes_saved)} bytes)")
     else:
-        lines.append(f"  dry run: would write {len(p.files)} weight file(s); "
+        n = len(p.files)
+        lines.append(f"  dry run: would write {n} weight file{'s' if n != 1 else ''}; "
                      f"{'save' if p.bytes_saved >= 0 else 'add'} {human_bytes(abs(p.bytes_saved))}")
     lines += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(lines)

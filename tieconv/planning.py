@@ -107,6 +107,11 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
         if report.embed.shape != report.head.shape:
             raise RefusedError(f"{path}: {e} and {h} have different shapes ({report.embed.shape} vs "
                                f"{report.head.shape}) and can never be tied")
+        if keep not in ("embed", "head") and report.equal_after_cast:
+            raise RefusedError(
+                f"{path}: {e} ({report.embed.dtype}) and {h} ({report.head.dtype}) hold the same values in "
+                "different dtypes; tying stores one dtype: pass --keep embed or --keep head to choose which"
+            )
         if keep not in ("embed", "head"):
             raise RefusedError(
                 f"{path}: {e} and {h} differ ({_difference_text(report)}); tying changes the model's outputs: "
@@ -133,7 +138,9 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
     # duplicated, tieable, or tied with other reclaimable tie-map copies; a target that is one storage with
     # its source (a .bin or torch file) is one tensor: a written output stores it once
     dropped = list(report.reclaimable_keys) + _shared_targets(report)
-    return sorted(set(dropped)), {}, {}, True, False, f"drop {len(set(dropped))} duplicate(s) and tie"
+    count = len(set(dropped))
+    return sorted(set(dropped)), {}, {}, True, False, \
+        f"drop {count} duplicate{'s' if count != 1 else ''} and tie" if count else "set the flag to tie"
 
 
 def _shared_targets(report: Report) -> list[str]:
@@ -173,8 +180,8 @@ def _untie_ops(report: Report, force: bool):
         added[h] = e
     separated = _shared_targets(report)  # one storage in a pickle: written as two tensors
     count = len(added) + len(separated)
-    return [], added, {}, False, False, f"store {count} tie-map target{'s' if count != 1 else ''} as their own " \
-        "tensors and untie"
+    what = "the tie-map target as its own tensor" if count == 1 else f"{count} tie-map targets as their own tensors"
+    return [], added, {}, False, False, f"store {what} and untie" if count else "set the flag to untie"
 
 
 # ---------------------------------------------------------------- building the plan

@@ -27,7 +27,8 @@ def enabled() -> bool:
 
 
 def colour_enabled() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    # no-color.org: NO_COLOR disables colour when it is present *and not empty*
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 class _Silent:
