@@ -16,6 +16,7 @@ __all__ = [
     "untie",
     "plan",
     "scan",
+    "diff",
     "load_state_dict",
     "save",
     "memory_report",
@@ -26,6 +27,7 @@ __all__ = [
     "SaveResult",
     "MemoryReport",
     "ConversionResult",
+    "DiffReport",
     "TieconvError",
     "InputError",
     "CorruptFileError",
@@ -56,6 +58,8 @@ _LAZY = {
     "Plan": ("tieconv.planning", "Plan"),
     "ConversionResult": ("tieconv.convert", "ConversionResult"),
     "scan": ("tieconv.scanning", "scan"),
+    "diff": ("tieconv.equivalence", "diff"),
+    "DiffReport": ("tieconv.equivalence", "DiffReport"),
     "load_state_dict": ("tieconv.loading", "load_state_dict"),
     "save": ("tieconv.saving", "save"),
     "SaveResult": ("tieconv.saving", "SaveResult"),
@@ -67,6 +71,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .convert import ConversionResult, tie, untie
+    from .equivalence import DiffReport, diff
     from .hooks import tie_on_load, untie_on_load
     from .inspection import inspect
     from .loading import load_state_dict

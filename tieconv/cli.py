@@ -223,6 +223,40 @@ def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, lin
     _render_conversion(result, as_json)
 
 
+@main.command("diff", context_settings=CONTEXT)
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON (schema in the README).")
+@click.option("--check", is_flag=True, help="Exit 1 when a loader would build different models from A and B.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_handle_errors
+def diff_command(a: str, b: str, as_json: bool, check: bool, quiet: bool) -> None:
+    """Does a loader build the same model from checkpoint A and checkpoint B?
+
+    Compares what a loader builds, not files: for every parameter, the stored bytes it gets
+    on each side after the tie map and its flag, base-model prefixes and aliases, compared
+    byte for byte (a different dtype is a difference; shards, file names and tied-vs-copied
+    storage are not). Reports parameters whose values differ (max abs / relative difference),
+    parameters one side would start at random, tensors only one side stores, and config
+    fields that differ. A and B must be read by the same loaders: both transformers
+    folders or Hub repos, both files without a config, or both GGUF.
+
+    \b
+    Examples:
+      tieconv diff fixtures/llama-tied fixtures/llama-tied-sharded
+      tieconv diff original/ merged/ --check        # after mergekit, a conversion script...
+      tieconv diff org/name@main ./local-copy --json
+    """
+    from .equivalence import diff, render
+    from .progress import set_quiet
+
+    set_quiet(quiet)
+    report = diff(a, b)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render(report))
+    if check and not report.equivalent:
+        sys.exit(EXIT_PROBLEM)
+
+
 @main.command("scan", context_settings=CONTEXT)
 @click.argument("dirs", nargs=-1, metavar="[DIR]...")
 @click.option("--json", "as_json", is_flag=True, help="Print rows and totals as JSON.")
