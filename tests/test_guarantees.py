@@ -172,10 +172,10 @@ def test_cleanup_removes_only_what_dead_tieconv_processes_recorded(tmp_path):
         users[1].mkdir()
         # a record naming a path whose inode is not the one recorded (replaced since): not touched
         swapped = tmp_path / "out.tieconv-tmp-999999997-cccc"
-        swapped.mkdir()
-        _record(tmp_path, "out.tieconv-own-999999997-cccc", 999999997, swapped.name, tmp_path)
-        swapped.rmdir()
         swapped.write_text("the user's now")
+        doc = {"magic": "tieconv ownership record v1", "pid": 999999997, "tmp": swapped.name,
+               "ino": swapped.stat().st_ino + 7919, "state": "writing"}
+        (tmp_path / "out.tieconv-own-999999997-cccc").write_text(json.dumps(doc))
         victim = tmp_path / "victim"
         victim.mkdir()
         (victim / "keep.txt").write_text("x")
