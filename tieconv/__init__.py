@@ -34,6 +34,7 @@ __all__ = [
     "RefusedError",
     "OutputError",
     "VerificationError",
+    "TieMapError",
 ]
 
 from .errors import (  # noqa: E402 - errors are tiny and always needed
@@ -42,6 +43,7 @@ from .errors import (  # noqa: E402 - errors are tiny and always needed
     OutputError,
     RefusedError,
     TieconvError,
+    TieMapError,
     UnsafePickleError,
     UnsupportedCheckpointError,
     VerificationError,
