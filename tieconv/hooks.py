@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _PreHook = Callable[[Any, dict[str, Any], str, dict[str, Any], bool, list[str], list[str], list[str]], None]
 _PostHook = Callable[[Any, Any], None]
 
-__all__ = ["TieMapError", "HookHandle", "find_tie_pairs", "tie_on_load", "untie_on_load"]
+__all__ = ["HookHandle", "TieMapError", "find_tie_pairs", "tie_on_load", "untie_on_load"]
 
 
 def _parameter_names(module: torch.nn.Module) -> set[str]:
@@ -116,9 +116,12 @@ class HookHandle:
 def _register(module: torch.nn.Module, pairs: list[tuple[str, str]], pre_hook: _PreHook,
               post_hook: _PostHook | None = None) -> HookHandle:
     handle = HookHandle(pairs)
-    handle._handles.append(module.register_load_state_dict_pre_hook(pre_hook))
+    # torch leaves the two register functions unannotated
+    register_pre = module.register_load_state_dict_pre_hook
+    handle._handles.append(register_pre(pre_hook))  # type: ignore[no-untyped-call,unused-ignore]
     if post_hook is not None:
-        handle._handles.append(module.register_load_state_dict_post_hook(post_hook))
+        register_post = module.register_load_state_dict_post_hook
+        handle._handles.append(register_post(post_hook))  # type: ignore[no-untyped-call,unused-ignore]
     return handle
 
 

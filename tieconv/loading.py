@@ -43,7 +43,7 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
         raise RefusedError(f"keep must be 'embed' or 'head', not {keep!r}")
     from . import hub
 
-    path = hub.local_path(path)
+    path = hub.local_path(path)  # type: ignore[no-untyped-call,unused-ignore]  # hub.py not yet annotated
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
     state_dict = _read_all(ckpt)
@@ -82,7 +82,7 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
     if str(device) != "cpu":
         state_dict = _move(state_dict, device)
     if strip_prefix:
-        state_dict = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: t for k, t in state_dict.items()}
+        state_dict = {k.removeprefix(strip_prefix): t for k, t in state_dict.items()}
     return state_dict
 
 

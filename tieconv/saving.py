@@ -201,13 +201,16 @@ def _shards_named_in(index: Path) -> set[str]:
 
 def _preferred_names(obj: object) -> list[str]:
     """Names a loader needs kept when a storage has several: the tie map's sources first."""
+    import torch
+
     preferred = []
-    try:
+    if isinstance(obj, torch.nn.Module):
         from .hooks import _transformers_tie_map
 
-        preferred += [s for _, s in _transformers_tie_map(obj)]  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - not a transformers model
-        pass
+        try:
+            preferred += [s for _, s in _transformers_tie_map(obj)]
+        except Exception:  # noqa: BLE001, S110 - a model whose tie map cannot be built still saves, by the known names
+            pass
     preferred += [e for e, _ in KNOWN_PAIRS]
     return preferred
 
@@ -217,4 +220,4 @@ def _choose(names: list[str], preferred: list[str]) -> str:
         for n in names:
             if n == p or strip_wrappers(n) == p:
                 return n
-    return sorted(names, key=lambda n: (n.count("."), n))[0]
+    return min(names, key=lambda n: (n.count("."), n))

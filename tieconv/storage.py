@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Extent", "extent", "view_key", "same_view", "shares_memory", "overlap_groups"]
+__all__ = ["Extent", "extent", "overlap_groups", "same_view", "shares_memory", "view_key"]
 
 
 class Extent(NamedTuple):
@@ -50,7 +50,7 @@ def extent(tensor: torch.Tensor) -> Extent:
     if tensor.device.type == "meta" or storage.data_ptr() == 0:
         # No address to compare: `_cdata` is the C++ storage's address, the same for every tensor and
         # Parameter over one storage (torch's own StorageWeakRef keys on it); valid while they live.
-        start = tensor.storage_offset() * itemsize
+        start = int(tensor.storage_offset()) * itemsize
         return Extent((str(tensor.device), storage._cdata), start, start + span)
     return Extent(str(tensor.device), tensor.data_ptr(), tensor.data_ptr() + span)
 
