@@ -141,3 +141,21 @@ def test_a_saved_transformers_model_reloads_in_transformers(tmp_path):
         ids = torch.tensor([[1, 5, 9]])
         with torch.no_grad():
             assert torch.equal(back(ids).logits, model(ids).logits)
+
+
+def test_an_empty_folder_or_one_without_weights_needs_no_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "README.md").write_text("notes")
+    tieconv.save({"a": torch.zeros(2)}, out)  # a state dict writes no config.json: nothing in the way
+    assert (out / "config.json").read_text() == "{}" and (out / "README.md").read_text() == "notes"
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1,
+                                                                 n_head=2))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.json").write_text("{}")
+    with pytest.raises(OutputError, match="config.json"):
+        tieconv.save(model, fresh)  # would replace a config.json it did not write
+    tieconv.save(model, fresh, overwrite=True)
+    assert json.loads((fresh / "config.json").read_text())["model_type"] == "gpt2"

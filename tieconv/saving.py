@@ -66,14 +66,14 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
     from huggingface_hub import constants, split_torch_state_dict_into_shards
 
     state_dict, config = _state_dict_and_config(obj)
+    folder = Path(path)
+    single, index_name = constants.SAFETENSORS_SINGLE_FILE, constants.SAFETENSORS_INDEX_FILE
+    old_files = _old_files(folder, overwrite, config is not None, single, index_name)
     prepared, dropped = deduplicate(state_dict, _preferred_names(obj))
     split = split_torch_state_dict_into_shards(prepared, filename_pattern=constants.SAFETENSORS_WEIGHTS_FILE_PATTERN,
                                                max_shard_size=max_shard_size)
-    index_name = constants.SAFETENSORS_INDEX_FILE
     new_files = list(split.filename_to_tensors) + ([index_name] if split.is_sharded else [])
     new_files += ["config.json"] if config is not None else []
-    folder = Path(path)
-    old_files = _old_files(folder, new_files, overwrite, constants.SAFETENSORS_SINGLE_FILE, index_name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tieconv-save-", dir=folder))
@@ -87,7 +87,11 @@ def save(obj: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathL
             (tmp / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if config is not None:
             (tmp / "config.json").write_text(config.to_json_string())
-        for name in new_files:  # weights first, the index after its shards
+        # The old index goes first and the new one comes after its shards: a crash in between leaves
+        # shards without an index, which loaders refuse, never an index over old and new shards mixed.
+        if index_name in old_files:
+            (folder / index_name).unlink()
+        for name in new_files:
             os.replace(tmp / name, folder / name)
         for name in old_files - set(new_files):
             (folder / name).unlink(missing_ok=True)
@@ -170,19 +174,19 @@ def _write_shards(prepared: dict[str, torch.Tensor], dropped: dict[str, str], sh
                               shared_tensors_to_discard=[n for n in names if n in dropped])
 
 
-def _old_files(folder: Path, new_files: list[str], overwrite: bool, single: str, index: str) -> set[str]:
+def _old_files(folder: Path, overwrite: bool, writes_config: bool, single: str, index: str) -> set[str]:
     """The files of the checkpoint already in `folder` that saving replaces; refuses without overwrite."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} is a file; save() writes a folder: choose a folder path")
     if not folder.is_dir():
         return set()
     present = {f.name for f in folder.iterdir() if f.is_file()}
-    in_the_way = sorted(n for n in present if n.endswith(WEIGHT_SUFFIXES) or n in new_files)
+    in_the_way = sorted(n for n in present if n.endswith(WEIGHT_SUFFIXES) or (writes_config and n == "config.json"))
     if in_the_way and not overwrite:
         raise OutputError(f"{folder} already holds {', '.join(in_the_way[:3])}"
                           f"{' and more' if len(in_the_way) > 3 else ''}; pass overwrite=True to replace its "
                           "checkpoint, or choose an empty folder")
-    own = {single, index, "config.json"} & present
+    own = {single, index} & present  # config.json, when written, is replaced, never removed
     if index in present:
         own |= _shards_named_in(folder / index) & present
     return own
