@@ -6,6 +6,7 @@ import transformers
 
 import tieconv
 from tieconv.hooks import TieMapError
+from tieconv.storage import shares_memory
 
 transformers.logging.set_verbosity_error()
 
@@ -134,6 +135,90 @@ def test_different_matrices_raise_or_keep():
         assert torch.equal(model.tok_embeddings.weight, sd[key]) and model.output.weight is model.tok_embeddings.weight
 
 
+def distinct_embedding_and_head(seed=2):
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in Transformer().state_dict().items()}  # untied: E and H differ
+
+
+HOOKS = {
+    "untie": lambda m: tieconv.untie_on_load(m),
+    "tie keep=embed": lambda m: tieconv.tie_on_load(m, keep="embed"),
+    "tie keep=head": lambda m: tieconv.tie_on_load(m, keep="head"),
+}
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("assign", [False, True])
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("hook", list(HOOKS))
+def test_distinct_embedding_and_head_load_as_the_hook_says(hook, strict, assign, device, nested):
+    if device == "meta" and not assign:
+        pytest.skip("copying into meta parameters keeps no values; meta modules load with assign=True")
+    sd = distinct_embedding_and_head()
+    E, H = sd["tok_embeddings.weight"], sd["output.weight"]
+    assert not torch.equal(E, H)
+    with torch.device(device):
+        model = Transformer(tied=True)  # built tied: one Parameter for both
+        root = Wrapper(model) if nested else model
+    if nested:
+        sd = {f"model.{k}": v for k, v in sd.items()} | {f"extra.{k}": v for k, v in root.extra.state_dict().items()}
+    HOOKS[hook](model)
+    root.load_state_dict(sd, strict=strict, assign=assign)
+    embedding, head = model.tok_embeddings.weight, model.output.weight
+    assert embedding.device.type == head.device.type == "cpu"
+    if hook == "untie":
+        assert torch.equal(embedding, E) and torch.equal(head, H)
+        assert head is not embedding and not shares_memory(head, embedding)
+    else:
+        assert head is embedding and torch.equal(embedding, E if hook == "tie keep=embed" else H)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_pair_absent_from_the_state_dict_stays_as_it_was(tied):
+    model = Transformer(tied=tied)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tieconv.tie_on_load(model)
+    sd = {k: v for k, v in distinct_embedding_and_head().items() if k.startswith("layers.")}
+    result = model.load_state_dict(sd, strict=False)
+    assert (model.output.weight is model.tok_embeddings.weight) == tied
+    assert set(result.missing_keys) >= {"tok_embeddings.weight", "output.weight"}
+    assert torch.equal(model.output.weight, before["output.weight"])
+    assert torch.equal(model.tok_embeddings.weight, before["tok_embeddings.weight"])
+    assert torch.equal(model.layers[0].proj.weight, sd["layers.0.proj.weight"])
+
+
+def test_an_optimizer_built_before_the_load_holds_replaced_parameters():
+    """Why the README builds the optimizer after loading: the hooks replace Parameters."""
+    model = Transformer()
+    old_head = model.output.weight
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tieconv.tie_on_load(model)
+    model.load_state_dict(checkpoint_without_head())  # assign=False: the embedding's Parameter stays
+    held = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert id(model.tok_embeddings.weight) in held  # still trained, as the tied head too
+    assert old_head is not model.output.weight and id(old_head) in held  # an orphan the model no longer uses
+
+    model = Transformer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tieconv.tie_on_load(model)
+    model.load_state_dict(checkpoint_without_head(), assign=True)  # every Parameter replaced
+    held = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert not held & {id(p) for p in model.parameters()}
+
+    model = Transformer(tied=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tieconv.untie_on_load(model)
+    model.load_state_dict(checkpoint_without_head())
+    held = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert id(model.tok_embeddings.weight) in held and id(model.output.weight) not in held  # the new head
+
+
+def test_tie_map_error_is_exported():
+    assert tieconv.TieMapError is TieMapError and issubclass(TieMapError, tieconv.TieconvError)
+    assert "TieMapError" in tieconv.__all__
+
+
 def test_unknown_names_list_candidates():
     class Odd(torch.nn.Module):
         def __init__(self):
@@ -203,3 +288,19 @@ def test_untie_on_load_for_a_transformers_model(tmp_path):
     fresh.load_state_dict(tieconv.load_state_dict(tmp_path / "ckpt"))
     assert fresh.lm_head.weight is not fresh.model.embed_tokens.weight
     assert torch.equal(run(fresh), run(original))
+
+
+def test_untie_on_load_keeps_a_tied_transformers_models_two_matrices():
+    sd = {k: v.clone() for k, v in build("llama").state_dict().items()}
+    sd["lm_head.weight"] = torch.randn_like(sd["lm_head.weight"])  # a fine-tuned head
+    config = build("llama").config
+    config.tie_word_embeddings = False
+    reference = transformers.LlamaForCausalLM(config)
+    reference.load_state_dict(sd)
+    fresh = build("llama")
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    tieconv.untie_on_load(fresh)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.model.embed_tokens.weight, sd["model.embed_tokens.weight"])
+    assert torch.equal(fresh.lm_head.weight, sd["lm_head.weight"])
+    assert torch.equal(run(fresh), run(reference))

@@ -67,3 +67,24 @@ def test_every_layout_loads(name):
     sd = tieconv.load_state_dict(FIXTURES / name)
     report = tieconv.inspect(FIXTURES / name)
     assert report.embed.key in sd
+
+
+def test_device_moves_each_shared_tensor_once(monkeypatch):
+    stored = tieconv.load_state_dict(FIXTURES / "bart-tied")
+    shared = stored["model.shared.weight"]
+    moved_from = []
+    to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        if "meta" in map(str, (*args, *kwargs.values())):
+            moved_from.append(self.data_ptr())
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    sd = tieconv.load_state_dict(FIXTURES / "bart-tied", device="meta")
+    monkeypatch.undo()
+    names = ("lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
+    assert all(sd[k] is sd["model.shared.weight"] for k in names)
+    assert sd["model.shared.weight"].device.type == "meta" and sd["model.shared.weight"].shape == shared.shape
+    assert len(moved_from) == len(set(moved_from)) == len(stored) - 3  # once per storage
+    assert set(sd) == set(stored)

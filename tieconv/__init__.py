@@ -36,6 +36,7 @@ __all__ = [
     "RefusedError",
     "OutputError",
     "VerificationError",
+    "TieMapError",
 ]
 
 from .errors import (  # noqa: E402 - errors are tiny and always needed
@@ -44,6 +45,7 @@ from .errors import (  # noqa: E402 - errors are tiny and always needed
     OutputError,
     RefusedError,
     TieconvError,
+    TieMapError,
     UnsafePickleError,
     UnsupportedCheckpointError,
     VerificationError,

@@ -52,3 +52,7 @@ class OutputError(TieconvError):
 
 class VerificationError(TieconvError):
     """A written output did not verify against its plan."""
+
+
+class TieMapError(TieconvError):
+    """A load hook cannot tell a module's embedding and head apart, or a state dict holds two different matrices."""

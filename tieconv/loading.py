@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from .errors import RefusedError
 from .inspection import inspect
+from .storage import shares_memory, view_key
+
+if TYPE_CHECKING:
+    import torch
+
+    from .checkpoint import Checkpoint
 
 
-def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: str | None = None,
-                    embed: str | None = None, head: str | None = None, device: str = "cpu",
-                    strip_prefix: str | None = None) -> dict:
+def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, keep: str | None = None,
+                    embed: str | None = None, head: str | None = None, device: str | torch.device = "cpu",
+                    strip_prefix: str | None = None) -> dict[str, torch.Tensor]:
     """Load the checkpoint at `path` as `{key: tensor}`, memory-mapped where the format allows.
 
     Args:
@@ -21,7 +29,8 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
             (a `conflict` or `untied` raises unless `keep` is given); False gives the head its own copy.
         keep: "embed" or "head": which matrix survives when `tie=True` meets two different ones.
         embed, head: keys as stored, overriding what tieconv finds.
-        device: where the tensors go ("cpu" keeps them memory-mapped).
+        device: where the tensors go ("cpu" keeps them memory-mapped). Names that are one tensor
+            stay one tensor there: each view is moved once.
         strip_prefix: remove this prefix from every key that has it (e.g. "_orig_mod.").
 
     Example:
@@ -34,7 +43,7 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
         raise RefusedError(f"keep must be 'embed' or 'head', not {keep!r}")
     from . import hub
 
-    path = hub.local_path(path)
+    path = hub.local_path(path)  # type: ignore[no-untyped-call,unused-ignore]  # hub.py not yet annotated
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
     state_dict = _read_all(ckpt)
@@ -68,26 +77,35 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
             if e not in state_dict:
                 state_dict[e] = state_dict[h].clone()
             for t in targets:
-                if t not in state_dict or _shares_storage(state_dict[t], state_dict[e]):
+                if t not in state_dict or shares_memory(state_dict[t], state_dict[e]):
                     state_dict[t] = state_dict[e].clone()
-    if device != "cpu":
-        moved = {}
-        state_dict = {k: moved.setdefault(id(t), t.to(device)) for k, t in state_dict.items()}
+    if str(device) != "cpu":
+        state_dict = _move(state_dict, device)
     if strip_prefix:
-        state_dict = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: t for k, t in state_dict.items()}
+        state_dict = {k.removeprefix(strip_prefix): t for k, t in state_dict.items()}
     return state_dict
 
 
-def _share(state_dict: dict, source: str, targets: list[str]) -> None:
+def _share(state_dict: dict[str, torch.Tensor], source: str, targets: list[str]) -> None:
     for t in targets:
         state_dict[t] = state_dict[source]
 
 
-def _shares_storage(a, b) -> bool:
-    return a is b or a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+def _move(state_dict: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Each view moved once, so names that were one tensor (BART's four) are one tensor on `device`.
+
+    Views that only overlap (rare outside pickles) move separately: each keeps its values, not
+    the sharing.
+    """
+    keys = {name: view_key(t) for name, t in state_dict.items()}
+    moved: dict[Hashable, torch.Tensor] = {}
+    for name, t in state_dict.items():
+        if keys[name] not in moved:
+            moved[keys[name]] = t.to(device)
+    return {name: moved[keys[name]] for name in state_dict}
 
 
-def _read_all(ckpt) -> dict:
+def _read_all(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """Every stored tensor; safetensors files are opened once each and their tensors memory-mapped."""
     state_dict = dict(ckpt._torch)
     files = sorted({t.file for k, t in ckpt.tensors.items() if k not in state_dict})

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .report import human_bytes
+from .storage import extent, overlap_groups, shares_memory, view_key
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class MemoryEntry:
+    """One name of a module or state dict."""
+
     name: str
     shape: list[int]
     dtype: str
     parameters: int
     nbytes: int
-    shares_with: str | None  # the first name holding the same storage
+    shares_with: str | None  # the first name whose memory this one shares
 
 
 @dataclass
 class MemoryReport:
+    """What `memory_report` found: one entry per name, and totals counting every name or each memory once."""
+
     entries: list[MemoryEntry] = field(default_factory=list)
     parameters: int = 0  # counting every name
     unique_parameters: int = 0  # counting each storage once
@@ -29,7 +39,7 @@ class MemoryReport:
     def bytes_saved_by_sharing(self) -> int:
         return self.bytes - self.unique_bytes
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "bytes_saved_by_sharing": self.bytes_saved_by_sharing}
 
     def __str__(self) -> str:
@@ -43,8 +53,11 @@ class MemoryReport:
         return "\n".join(lines)
 
 
-def memory_report(obj) -> MemoryReport:
-    """Describe the memory of a module or a state dict.
+def memory_report(obj: torch.nn.Module | Mapping[str, torch.Tensor]) -> MemoryReport:
+    """Describe the memory of a module (its state dict, buffers included) or of a state dict.
+
+    Tensors count once per memory they hold (`tieconv.storage`): a tied head adds nothing to the
+    unique figures, two disjoint halves of one storage both count in full.
 
     Example:
         >>> import torch, tieconv
@@ -52,25 +65,39 @@ def memory_report(obj) -> MemoryReport:
         >>> r = tieconv.memory_report({"a": emb.weight, "b": emb.weight})
         >>> r.unique_parameters, r.bytes_saved_by_sharing
         (32, 128)
+        >>> tieconv.memory_report({"low": emb.weight[:4], "high": emb.weight[4:]}).bytes_saved_by_sharing
+        0
     """
     import torch
 
-    if isinstance(obj, torch.nn.Module):
-        items = list(obj.state_dict(keep_vars=True).items())
-    else:
-        items = list(obj.items())
+    tensors = dict(obj.state_dict(keep_vars=True) if isinstance(obj, torch.nn.Module) else obj)
     report = MemoryReport()
-    first_by_storage: dict[tuple, tuple[str, int]] = {}
-    for name, t in items:
+    shares_with: dict[str, str] = {}
+    for group in overlap_groups(tensors):
+        for i, name in enumerate(group[1:], 1):
+            first = next((other for other in group[:i] if shares_memory(tensors[name], tensors[other])), None)
+            if first is not None:
+                shares_with[name] = first
+        unique_bytes, unique_parameters = _unique_size([tensors[n] for n in group])
+        report.unique_bytes += unique_bytes
+        report.unique_parameters += unique_parameters
+    for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
-        key = (t.device.type, t.untyped_storage().data_ptr()) if t.device.type != "meta" else ("meta", id(t))
-        owner = first_by_storage.get(key)
-        report.entries.append(MemoryEntry(name, list(t.shape), str(t.dtype).removeprefix("torch."), t.numel(), nbytes,
-                                          owner[0] if owner else None))
+        report.entries.append(MemoryEntry(name, list(t.shape), str(t.dtype).removeprefix("torch."), t.numel(),
+                                          nbytes, shares_with.get(name)))
         report.parameters += t.numel()
         report.bytes += nbytes
-        if owner is None:
-            first_by_storage[key] = (name, nbytes)
-            report.unique_parameters += t.numel()
-            report.unique_bytes += nbytes
     return report
+
+
+def _unique_size(group: list[torch.Tensor]) -> tuple[int, int]:
+    """(bytes, elements) that tensors connected by shared memory hold between them."""
+    views = list({view_key(t): t for t in group}.values())
+    if len(views) == 1:
+        return views[0].numel() * views[0].element_size(), views[0].numel()
+    # different views of one memory: the bytes their extents cover, at most the bytes they hold
+    # (interleaved strided views cover gaps they do not hold)
+    extents = [extent(t) for t in views]
+    covered = max(e.end for e in extents) - min(e.start for e in extents)
+    nbytes = min(covered, sum(t.numel() * t.element_size() for t in views))
+    return nbytes, nbytes // views[0].element_size()
