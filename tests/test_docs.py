@@ -14,7 +14,7 @@ import pytest
 from .conftest import ROOT
 
 MODULES = ["tieconv.inspection", "tieconv.planning", "tieconv.convert", "tieconv.hooks", "tieconv.loading", "tieconv.saving",
-           "tieconv.memory", "tieconv.safetensors_header", "tieconv.checkpoint", "tieconv.scanning"]
+           "tieconv.memory", "tieconv.safetensors_header", "tieconv.checkpoint", "tieconv.scanning", "tieconv.equivalence"]
 
 
 @pytest.fixture
