@@ -107,6 +107,17 @@ def test_shard_layout_and_file_names_do_not_matter():
         assert report.equivalent, (a, b, report.differences)
 
 
+@pytest.mark.parametrize("name", ["llama-untied", "llama-tied", "gpt2-tied", "t5-tied", "bart-tied"])
+def test_a_transformers_round_trip_is_equivalent(tmp_path, name):
+    """from_pretrained + save_pretrained rewrites the config (defaults, dtype) and the file: the model is the same."""
+    import transformers
+
+    auto = transformers.AutoModelForSeq2SeqLM if name.startswith(("t5", "bart")) else transformers.AutoModelForCausalLM
+    auto.from_pretrained(FIXTURES / name).save_pretrained(tmp_path / "resaved")
+    report = tieconv.diff(FIXTURES / name, tmp_path / "resaved")
+    assert report.equivalent, report.differences
+
+
 def test_a_base_model_prefix_is_the_same_parameter(tmp_path):
     """transformers adds the base model's `model.` prefix at load: a file without it loads the same."""
     out = tmp_path / "no-prefix"

@@ -115,7 +115,9 @@ class ConfigDifference:
 
     def describe(self) -> str:
         def show(side, value):
-            return "absent" if self.absent == side else _short(value)
+            if self.absent != side:
+                return _short(value)
+            return "absent" if value is None else f"absent (the class default {_short(value)})"
 
         text = f"config {self.field}: {show('a', self.a)} in A, {show('b', self.b)} in B"
         return text + (f" (expected {_short(self.expected)})" if self.expected is not None else "")
@@ -499,36 +501,38 @@ class _Comparison:
 
     def _compare_config(self) -> None:
         config_a, config_b = _loader_config(self.a), _loader_config(self.b)
-        flat_a, flat_b = _flatten(config_a), _flatten(config_b)
+        raw_a, raw_b = _flatten(config_a), _flatten(config_b)
         expected = self.expected_config
-        found = []
-        for name in sorted(set(flat_a) | set(flat_b)):
-            if name.rsplit(".", 1)[-1] in IGNORED_CONFIG_FIELDS or name in expected:
-                continue
-            if flat_a.get(name, _ABSENT) != flat_b.get(name, _ABSENT):
-                found.append(name)
+
+        def differing(flat_a: dict, flat_b: dict) -> list[str]:
+            return [n for n in sorted(flat_a.keys() | flat_b.keys())
+                    if n.rsplit(".", 1)[-1] not in IGNORED_CONFIG_FIELDS and n not in expected
+                    and flat_a.get(n, _ABSENT) != flat_b.get(n, _ABSENT)]
+
+        flat_a, flat_b = raw_a, raw_b
+        found = differing(raw_a, raw_b)
         if found and self.family == "transformers":
             # a field one file leaves out may hold the class default, and a config class derives fields
-            # from others (T5: scale_decoder_outputs from tie_word_embeddings): compare what the loader builds
+            # from others (T5: scale_decoder_outputs from tie_word_embeddings): compare what the loader
+            # builds. Only when the files differ: importing transformers costs seconds
             effective_a, effective_b = _effective_config(config_a), _effective_config(config_b)
             if effective_a is not None and effective_b is not None:
                 flat_a, flat_b = _flatten(effective_a), _flatten(effective_b)
-                found = [n for n in sorted(set(flat_a) | set(flat_b))
-                         if n.rsplit(".", 1)[-1] not in IGNORED_CONFIG_FIELDS and n not in expected
-                         and flat_a.get(n, _ABSENT) != flat_b.get(n, _ABSENT)]
+                found = differing(flat_a, flat_b)
         for name in found:
-            a_value, b_value = flat_a.get(name, _ABSENT), flat_b.get(name, _ABSENT)
-            absent = "a" if a_value is _ABSENT else "b" if b_value is _ABSENT else None
-            self.out.config.append(ConfigDifference(name, None if absent == "a" else a_value,
-                                                    None if absent == "b" else b_value, absent))
-        raw_b = _flatten(config_b)
+            self.out.config.append(ConfigDifference(name, flat_a.get(name), flat_b.get(name), _absent(name, raw_a, raw_b)))
         for name, value in expected.items():
             held = raw_b.get(name, _ABSENT)
             if held != value:
-                a_value = _flatten(config_a).get(name, _ABSENT)
-                absent = "a" if a_value is _ABSENT else "b" if held is _ABSENT else None
                 self.out.config.append(ConfigDifference(
-                    name, None if a_value is _ABSENT else a_value, None if held is _ABSENT else held, absent, value))
+                    name, raw_a.get(name), None if held is _ABSENT else held, _absent(name, raw_a, raw_b), value))
+
+
+def _absent(name: str, raw_a: dict, raw_b: dict) -> str | None:
+    """The side whose file does not set `name` while the other's does."""
+    if (name in raw_a) == (name in raw_b):
+        return None
+    return "b" if name in raw_a else "a"
 
 
 _ABSENT = object()
