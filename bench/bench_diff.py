@@ -17,13 +17,12 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inspect import make_checkpoint, measure  # noqa: E402
+from bench_inspect import make_checkpoint, measure
 
 
 def main() -> None:

@@ -14,9 +14,11 @@ already-inspected checkpoints, with the changes a conversion intends declared up
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .checkpoint import TORCH_DTYPE_OF, Checkpoint, StoredTensor, read_json
 from .errors import InputError
@@ -144,7 +146,9 @@ class DiffReport:
     @property
     def differences(self) -> list[str]:
         """Every difference as one line, in report order (values, random, one-sided, config)."""
-        return [d.describe() for d in (*self.values, *self.random, *self.stored_on_one_side, *self.config)]
+        found: list[ValueDifference | RandomParameter | StoredOnOneSide | ConfigDifference] = [
+            *self.values, *self.random, *self.stored_on_one_side, *self.config]
+        return [d.describe() for d in found]
 
     def headline(self) -> str:
         """One line: "equivalent", or the first difference and how many more."""
@@ -253,7 +257,9 @@ def loader_view(report: Report) -> dict[str, Any]:
     - a tie-map target that is not stored takes its source's value when the flag ties (or there is no
       flag), and starts at random when the flag unties;
     - a tie-map source that is not stored takes a stored target's value when the flag ties
-      (transformers ties symmetrically), and starts at random otherwise.
+      (transformers ties symmetrically), and starts at random otherwise;
+    - a stored target keeps its own values even when the flag ties and they differ from the source's
+      (transformers 5 and vLLM keep both; MLX-LM would use the source: a runtime question, not `diff`'s).
 
     This is the one place that reads the tie rules: when inspection models tie *groups*, each with its
     governing flag, iterate over the groups here instead of `tie_map` and the one flag.
@@ -659,7 +665,9 @@ def _max_difference(ca: Checkpoint, ta: StoredTensor, cb: Checkpoint, tb: Stored
         xa, xb = xa.double(), xb.double()
         max_diff = max(max_diff, (xa - xb).abs().max().item())
         max_a = max(max_a, xa.abs().max().item())
-    return max_diff, (max_diff / max_a if max_a else None)
+    if not math.isfinite(max_diff):  # an infinity in one side only: no number says more than "differ"
+        return None, None
+    return max_diff, (max_diff / max_a if max_a and math.isfinite(max_a) else None)
 
 
 def _elements(ckpt: Checkpoint, t: StoredTensor, dtype) -> Iterator:
@@ -671,4 +679,4 @@ def _elements(ckpt: Checkpoint, t: StoredTensor, dtype) -> Iterator:
             yield torch.frombuffer(bytearray(chunk), dtype=dtype)
 
 
-__all__ = ["DiffReport", "RANDOM", "compare_reports", "diff", "loader_family", "loader_view", "render"]
+__all__ = ["RANDOM", "DiffReport", "compare_reports", "diff", "loader_family", "loader_view", "render"]
