@@ -235,6 +235,16 @@ def test_expected_changes_keep_head(tmp_path):
     assert [(c.field, c.b, c.expected) for c in wrong.config] == [("tie_word_embeddings", True, False)]
 
 
+def test_expected_changes_keep_embed(tmp_path):
+    out = tmp_path / "kept-embed"
+    result = tieconv.tie(FIXTURES / "llama-conflict", out, keep="embed")
+    a, b = tieconv.inspect(FIXTURES / "llama-conflict"), tieconv.inspect(out)
+    assert [d.parameter for d in compare_reports(a, b).values] == ["lm_head.weight"]
+    declared = compare_reports(a, b, expected_values={"lm_head.weight": "model.embed_tokens.weight"},
+                               expected_config=result.plan.config_changes)
+    assert declared.equivalent, declared.differences
+
+
 def test_assume_tied_repair_is_the_declared_change(tmp_path):
     out = tmp_path / "repaired"
     result = tieconv.tie(FIXTURES / "llama-head-missing", out, assume_tied=True)
@@ -263,6 +273,19 @@ def test_tensors_only_one_side_stores_without_a_config(tmp_path):
     save_file(sd, tmp_path / "b.safetensors")
     report = tieconv.diff(FIXTURES / "single-files" / "llama-untied.safetensors", tmp_path / "b.safetensors")
     assert [(s.key, s.side) for s in report.stored_on_one_side] == [("extra.weight", "b")]
+
+
+def test_tensors_under_unknown_names_are_compared_as_stored(tmp_path):
+    """inspect cannot name an embedding here; diff still compares every tensor, without tie rules."""
+    tensors = {"encoder.proj.weight": torch.randn(8, 4), "decoder.out.weight": torch.randn(4, 8)}
+    save_file(tensors, tmp_path / "a.safetensors")
+    save_file(tensors, tmp_path / "b.safetensors")
+    report = tieconv.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert report.equivalent and report.parameters == 2
+    assert any("no tie rules applied" in n for n in report.notes)
+    flip_byte(tmp_path / "b.safetensors", "decoder.out.weight", at=4)
+    assert [d.parameter for d in tieconv.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors").values] == [
+        "decoder.out.weight"]
 
 
 def test_gguf_pairs(tmp_path):

@@ -211,12 +211,34 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, sample_bytes: int | None
         >>> tieconv.diff("fixtures/llama-tieable", "fixtures/llama-head-missing").random[0].describe()
         "lm_head.weight: B's loader starts it at random (the flag unties and it is not stored)"
     """
-    from .inspection import inspect
+    return compare_reports(_inspect_for_diff(a), _inspect_for_diff(b), sample_bytes=sample_bytes)
 
-    # compare=False: the loader view needs names, the tie map and the flag, never inspect's own comparison
-    report_a = inspect(a, compare=False)
-    report_b = inspect(b, compare=False)
-    return compare_reports(report_a, report_b, sample_bytes=sample_bytes)
+
+def _inspect_for_diff(path: str | os.PathLike) -> Report:
+    """`inspect` without its comparison (the loader view needs names, the tie map and the flag only).
+
+    Where inspect refuses a checkpoint whose files read fine (no embedding under a known name, a quantized
+    embedding), diff still compares it: every stored tensor as itself, without tie rules, and says so.
+    """
+    from .checkpoint import open_checkpoint
+    from .errors import TieconvError
+    from .inspection import inspect
+    from .report import ByteCounts, Parameters, TensorInfo, TieFlag
+
+    try:
+        return inspect(path, compare=False)
+    except InputError as refused:
+        try:
+            ckpt = open_checkpoint(path)
+        except TieconvError:
+            raise refused from None
+        note = f"{path}: no tie rules applied, every stored tensor compared as itself ({refused})"
+        return Report(path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict="no-head",
+                      embed=TensorInfo("", False, None, None, None, 0), head=None,
+                      tie_flag=TieFlag(None, "none", False), identical=None, equal_after_cast=None,
+                      parameters=Parameters(0, 0), bytes=ByteCounts(0, 0), reclaimable_keys=[], tie_map={},
+                      architecture=None, config=ckpt.config_file, reason=str(refused), advice="", notes=[note],
+                      checkpoint=ckpt)
 
 
 def compare_reports(a: Report, b: Report, *, expected_values: dict[str, str] | None = None,
@@ -274,6 +296,7 @@ def loader_view(report: Report) -> dict[str, Any]:
         partners.setdefault(target, []).append(source)
         partners.setdefault(source, []).append(target)
     wanted = set(partners) | {report.embed.key} | ({report.head.key} if report.head else set())
+    wanted.discard("")  # a checkpoint whose embedding inspect could not name
 
     def resolve(key: str, seen: frozenset = frozenset()) -> Any:
         if key in view:
@@ -323,6 +346,7 @@ class _Comparison:
         self._sharing_notes(view_a, view_b)
         self._compare_config()
         out = self.out
+        out.notes += [n for r in (self.a, self.b) if r.embed.key == "" for n in r.notes]
         out.equivalent = not (out.values or out.random or out.stored_on_one_side or out.config)
         return out
 
