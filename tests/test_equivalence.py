@@ -131,6 +131,15 @@ def test_a_base_model_prefix_is_the_same_parameter(tmp_path):
     assert any("different prefix" in n for n in report.notes)
 
 
+def test_a_torch_compile_prefix_is_looked_through_without_a_config(tmp_path):
+    """nanoGPT saves `_orig_mod.` keys after torch.compile; its loading code strips them."""
+    obj = torch.load(FIXTURES / "nanogpt" / "ckpt.pt", weights_only=True)
+    torch.save({k.removeprefix("_orig_mod."): v for k, v in obj["model"].items()}, tmp_path / "plain.pt")
+    report = tieconv.diff(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "plain.pt")
+    assert report.equivalent, report.differences
+    assert any("different prefix" in n for n in report.notes)
+
+
 # ---------------------------------------------------------------- differences
 
 
