@@ -342,7 +342,7 @@ class _Comparison:
         total = self._bytes_to_compare(view_a, view_b)
         with bar(total, "comparing") as progress:
             for p in params:
-                self._parameter(p, view_a, view_b, to_a, progress)
+                self._parameter(p, view_a, view_b, progress)
         self._sharing_notes(view_a, view_b)
         self._compare_config()
         out = self.out
@@ -406,7 +406,7 @@ class _Comparison:
 
     # -- one parameter
 
-    def _parameter(self, p: str, view_a: dict, view_b: dict, to_a: dict, progress) -> None:
+    def _parameter(self, p: str, view_a: dict, view_b: dict, progress) -> None:
         out = self.out
         in_a, in_b = p in view_a, p in view_b
         if not (in_a and in_b):
@@ -414,7 +414,7 @@ class _Comparison:
             source = (view_a if in_a else view_b)[p]
             if source is RANDOM:  # only this side's architecture has it, and gives it no value
                 out.random.append(RandomParameter(p, side, self._random_reason(report, p)))
-            elif in_a and source != p or in_b and source not in (p, *[kb for kb, ka in to_a.items() if ka == p]):
+            elif source != p:  # (keys B spells differently are in both views: only_b keys are B's own)
                 out.notes.append(f"{p}: only {side.upper()}'s architecture ties it (to {source})")
             else:
                 self._one_sided(p, side, source)
