@@ -397,12 +397,9 @@ class _Comparison:
         return (0, self.ca.files.index(t.file), t.offset or 0, param) if t else (1, "", 0, param)
 
     def _bytes_to_compare(self, view_a: dict, view_b: dict) -> int:
-        total = 0
-        for p in view_a.keys() & view_b.keys():
-            ka = view_a.get(self.expected_values.get(p, p))
-            if isinstance(ka, str) and isinstance(view_b[p], str):
-                total += self.ca.tensors[ka].nbytes
-        return total
+        """For the progress bar: each pair of stored tensors is compared once, whatever ties lead to it."""
+        pairs = {(view_a.get(self.expected_values.get(p, p)), view_b[p]) for p in view_a.keys() & view_b.keys()}
+        return sum(self.ca.tensors[ka].nbytes for ka, kb in pairs if isinstance(ka, str) and isinstance(kb, str))
 
     # -- one parameter
 
