@@ -20,6 +20,8 @@ from tieconv.equivalence import RANDOM, compare_reports, loader_view
 from tieconv.errors import InputError
 
 from .conftest import FIXTURES, ROOT
+from .test_hub import hub  # noqa: F401 - the olah server fixture
+from .test_hub import tieconv as hub_cli
 
 FIXTURE_INPUTS = [
     "bart-tied", "bert-encoder", "gpt2-bin", "gpt2-bin-sharded", "gpt2-tied", "llama-conflict", "llama-duplicated",
@@ -107,6 +109,17 @@ def test_shard_layout_and_file_names_do_not_matter():
         assert report.equivalent, (a, b, report.differences)
 
 
+@pytest.mark.parametrize("name", ["llama-untied", "llama-tied", "gpt2-tied", "t5-tied", "bart-tied"])
+def test_a_transformers_round_trip_is_equivalent(tmp_path, name):
+    """from_pretrained + save_pretrained rewrites the config (defaults, dtype) and the file: the model is the same."""
+    import transformers
+
+    auto = transformers.AutoModelForSeq2SeqLM if name.startswith(("t5", "bart")) else transformers.AutoModelForCausalLM
+    auto.from_pretrained(FIXTURES / name).save_pretrained(tmp_path / "resaved")
+    report = tieconv.diff(FIXTURES / name, tmp_path / "resaved")
+    assert report.equivalent, report.differences
+
+
 def test_a_base_model_prefix_is_the_same_parameter(tmp_path):
     """transformers adds the base model's `model.` prefix at load: a file without it loads the same."""
     out = tmp_path / "no-prefix"
@@ -114,6 +127,15 @@ def test_a_base_model_prefix_is_the_same_parameter(tmp_path):
     sd = load_file(out / "model.safetensors")
     save_file({k.removeprefix("model."): v for k, v in sd.items()}, out / "model.safetensors", metadata={"format": "pt"})
     report = tieconv.diff(FIXTURES / "llama-untied", out)
+    assert report.equivalent, report.differences
+    assert any("different prefix" in n for n in report.notes)
+
+
+def test_a_torch_compile_prefix_is_looked_through_without_a_config(tmp_path):
+    """nanoGPT saves `_orig_mod.` keys after torch.compile; its loading code strips them."""
+    obj = torch.load(FIXTURES / "nanogpt" / "ckpt.pt", weights_only=True)
+    torch.save({k.removeprefix("_orig_mod."): v for k, v in obj["model"].items()}, tmp_path / "plain.pt")
+    report = tieconv.diff(FIXTURES / "nanogpt" / "ckpt.pt", tmp_path / "plain.pt")
     assert report.equivalent, report.differences
     assert any("different prefix" in n for n in report.notes)
 
@@ -224,6 +246,16 @@ def test_expected_changes_keep_head(tmp_path):
     assert [(c.field, c.b, c.expected) for c in wrong.config] == [("tie_word_embeddings", True, False)]
 
 
+def test_expected_changes_keep_embed(tmp_path):
+    out = tmp_path / "kept-embed"
+    result = tieconv.tie(FIXTURES / "llama-conflict", out, keep="embed")
+    a, b = tieconv.inspect(FIXTURES / "llama-conflict"), tieconv.inspect(out)
+    assert [d.parameter for d in compare_reports(a, b).values] == ["lm_head.weight"]
+    declared = compare_reports(a, b, expected_values={"lm_head.weight": "model.embed_tokens.weight"},
+                               expected_config=result.plan.config_changes)
+    assert declared.equivalent, declared.differences
+
+
 def test_assume_tied_repair_is_the_declared_change(tmp_path):
     out = tmp_path / "repaired"
     result = tieconv.tie(FIXTURES / "llama-head-missing", out, assume_tied=True)
@@ -254,6 +286,19 @@ def test_tensors_only_one_side_stores_without_a_config(tmp_path):
     assert [(s.key, s.side) for s in report.stored_on_one_side] == [("extra.weight", "b")]
 
 
+def test_tensors_under_unknown_names_are_compared_as_stored(tmp_path):
+    """inspect cannot name an embedding here; diff still compares every tensor, without tie rules."""
+    tensors = {"encoder.proj.weight": torch.randn(8, 4), "decoder.out.weight": torch.randn(4, 8)}
+    save_file(tensors, tmp_path / "a.safetensors")
+    save_file(tensors, tmp_path / "b.safetensors")
+    report = tieconv.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert report.equivalent and report.parameters == 2
+    assert any("no tie rules applied" in n for n in report.notes)
+    flip_byte(tmp_path / "b.safetensors", "decoder.out.weight", at=4)
+    assert [d.parameter for d in tieconv.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors").values] == [
+        "decoder.out.weight"]
+
+
 def test_gguf_pairs(tmp_path):
     from .test_gguf import write_gguf
 
@@ -279,6 +324,16 @@ def test_gguf_pairs(tmp_path):
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     report = tieconv.diff(a, tmp_path / "ctx.gguf")
     assert [(c.field, c.a, c.b) for c in report.config] == [("llama.context_length", 32, 64)]
+
+
+def test_a_hub_repo_against_a_local_copy(hub, tmp_path):  # noqa: F811 - pytest passes the fixture
+    """Remote headers and byte ranges (olah on loopback) against local files: the same model."""
+    out = hub_cli(["diff", "org/tiny-sharded", FIXTURES / "llama-untied", "--json", "--check"], endpoint=hub,
+                  home=tmp_path / "hf", check=True)
+    doc = json.loads(out.stdout)
+    assert doc["equivalent"] is True and doc["bytes_compared"] > 0
+    out = hub_cli(["diff", "org/tiny-dup", FIXTURES / "llama-tieable", "--check"], endpoint=hub, home=tmp_path / "hf")
+    assert out.returncode == 1 and "config tie_word_embeddings: true in A, false in B" in out.stdout
 
 
 # ---------------------------------------------------------------- refusals and the CLI
