@@ -329,11 +329,14 @@ def _reduced(config: dict, tie: bool | None) -> dict:
     """A copy of `config` at depth 1 (and per-layer lists cut to match), flags set to `tie`."""
     out = copy.deepcopy(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
+        depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 1}
         for key in DEPTH_KEYS:
             if isinstance(d.get(key), int) and d[key] > 1:
                 d[key] = 1
         for key, value in list(d.items()):
-            if key in ("layer_types", "mlp_only_layers", "block_types") and isinstance(value, list):
+            # per-layer lists (layer_types, mlp_layer_types...) follow the depth
+            if isinstance(value, list) and (key in ("layer_types", "mlp_only_layers", "block_types")
+                                            or len(value) in depths):
                 d[key] = value[:1]
         if tie is not None and d is out:
             d[FLAG] = tie
@@ -532,7 +535,8 @@ def _shrink(d: dict) -> dict:
             continue
         elif isinstance(value, list):
             if old_layers and len(value) in old_layers:
-                out[key] = value[:TINY_LAYERS]  # per-layer lists follow the depth
+                # per-layer lists follow the depth; first and last keep a pattern's kinds (sliding..., full)
+                out[key] = value[:1] + value[-(TINY_LAYERS - 1):]
         elif key in HIDDEN_KEYS and value > TINY_HIDDEN:
             out[key] = TINY_HIDDEN
         elif ("intermediate_size" in key or key.endswith(("ffn_dim", "d_ff", "n_inner", "mlp_dim"))) and value > 0:
