@@ -13,7 +13,7 @@ from .conftest import FIXTURES
 SCHEMA_KEYS = {
     "schema_version", "path", "layout", "files", "verdict", "embed", "head", "tie_flag", "identical",
     "equal_after_cast", "parameters", "bytes", "reclaimable_keys", "tie_map", "architecture", "config",
-    "reason", "advice", "notes", "downloaded_bytes",
+    "reason", "advice", "notes", "downloaded_bytes", "tie_group",
 }
 
 
@@ -43,10 +43,12 @@ def test_json_schema():
     assert result.exit_code == 0
     doc = json.loads(result.output)
     assert set(doc) == SCHEMA_KEYS
-    assert doc["schema_version"] == 1 and doc["verdict"] == "untied"
+    assert doc["schema_version"] == 2 and doc["verdict"] == "untied"
+    assert doc["tie_group"] == {"source": "model.embed_tokens.weight", "targets": ["lm_head.weight"]}
     assert set(doc["embed"]) == {"key", "stored", "shape", "dtype", "file", "nbytes"}
     assert doc["embed"]["dtype"] == "BF16" and doc["embed"]["shape"] == [64, 16]
-    assert set(doc["tie_flag"]) == {"value", "source", "forced", "top_level", "text_config"}
+    assert set(doc["tie_flag"]) == {"value", "source", "forced", "top_level", "sub_config", "path", "governs",
+                                    "also_changes"}
     assert set(doc["bytes"]) == {"total", "reclaimable"} and set(doc["parameters"]) == {"stored", "unique"}
     assert doc == tieconv.inspect(FIXTURES / "llama-untied").to_dict() | {"path": str(FIXTURES / "llama-untied")}
 

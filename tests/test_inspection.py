@@ -201,7 +201,8 @@ def test_multimodal_flag_in_text_config(tmp_path):
     # LlavaConfig takes the text config's flag when the top level says false
     assert report.tie_flag.value is True
     assert report.tie_flag.source == "config.json:text_config.tie_word_embeddings"
-    assert (report.tie_flag.top_level, report.tie_flag.text_config) == (False, True)
+    assert (report.tie_flag.top_level, report.tie_flag.sub_config) == (False, True)
+    assert report.tie_flag.path == "text_config.tie_word_embeddings"
     assert report.verdict == "tied"
 
 

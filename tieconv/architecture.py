@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2
 FLAG = "tie_word_embeddings"
 # config keys that set a model's depth; reduced to 1 so a 5,000-layer config builds in milliseconds
 DEPTH_KEYS = (
@@ -24,6 +25,16 @@ DEPTH_KEYS = (
     "num_decoder_layers", "num_encoder_layers",
 )
 STATES = ("absent", "true", "false")
+# what transformers knows about the architectures it builds, made by bench/arch_sweep.py --knowledge for one
+# transformers version: read without importing torch or transformers (which costs seconds)
+KNOWLEDGE_FILE = Path(__file__).with_name("architectures.json")
+# the head classes tieconv judges: transformers' auto mappings for models with a language-model head
+HEAD_MAPPINGS = (
+    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+    "MODEL_FOR_PRETRAINING_MAPPING_NAMES", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+)
 
 
 @dataclass(frozen=True)
@@ -32,32 +43,67 @@ class ArchitectureInfo:
 
     architecture: str
     model_type: str
-    has_head: bool
-    embed: str
-    head: str | None
-    tie_map: dict[str, str]  # target -> source, disk names, with the flag on
-    memory_names: dict[str, str]  # disk name -> name in the transformers module
-    flag_table: dict[str, bool]  # "top,text" state -> effective flag
-    has_text_config: bool
-    forced: bool  # the config class ignores the file's flag
-    default: bool  # the flag when the file omits it
     config_class: str
+    base_model_prefix: str
+    embed: str | None  # the input token embedding; None: the model has none
+    head: str | None  # the output projection; None: the model has none
+    tie_groups: dict[str, list[str]]  # source -> targets, every flag on (transformers' full tie map)
+    governed: list[str]  # targets the head's flag ties: flipping it unties exactly these
+    memory_names: dict[str, str]  # disk name -> name in the transformers module
+    flag_owner: str  # "" (top level) or the sub-config whose flag governs the head ("text_config", "decoder")
+    flag_table: dict[str, bool]  # "top,owner" state -> effective flag
+    forced: bool  # no value in the file changes the flag
+    default: bool  # the flag when the file omits it
+    also_changes: str | None  # what else flipping the flag changes (a forward's scale, other modules), or None
+
+    @property
+    def tie_map(self) -> dict[str, str]:
+        return {t: s for s, targets in self.tie_groups.items() for t in targets}
+
+    @property
+    def head_group(self) -> tuple[str, list[str]] | None:
+        """(source, targets) of the group the head belongs to; None: transformers never ties the head."""
+        for source, targets in self.tie_groups.items():
+            if self.head is not None and (self.head == source or self.head in targets):
+                return source, list(targets)
+        return None
+
+    @property
+    def pair_embed(self) -> str | None:
+        """The member of the head's group whose value a loader uses for the other side of the pair.
+
+        The group's source when the head is a target (Marian: `model.shared.weight`, not the encoder's
+        `embed_tokens`, itself a target); the input embedding when the head is the source (FSMT, BLT).
+        """
+        group = self.head_group
+        if group is None:
+            return self.embed
+        source, targets = group
+        if self.head != source:
+            return source
+        return self.embed if self.embed in targets else targets[0]
 
     def effective_flag(self, config: dict) -> tuple[bool, str, bool | None, bool | None]:
-        """(value, source, raw top-level value, raw text_config value) for a config.json dict."""
+        """(value, source, raw top-level value, raw value in the governing sub-config) for a config.json dict."""
         top = _raw_flag(config)
-        text_cfg = config.get("text_config")
-        text = _raw_flag(text_cfg) if isinstance(text_cfg, dict) and self.has_text_config else None
-        value = self.flag_table[f"{_state(top)},{_state(text)}"]
-        if top is not None and top == value and not self.forced:
-            source = f"config.json:{FLAG}"
-        elif text is not None and text == value and not self.forced:
-            source = f"config.json:text_config.{FLAG}"
-        elif self.forced:
+        sub_cfg = config.get(self.flag_owner) if self.flag_owner else None
+        sub = _raw_flag(sub_cfg) if isinstance(sub_cfg, dict) else None
+        if self.head is not None and self.head_group is None:
+            return False, f"never tied: {self.architecture} has no tie map for its head", top, sub
+        value = self.flag_table[f"{_state(top)},{_state(sub)}"]
+        if self.forced:
             source = f"forced by {self.config_class}"
+        elif top is not None and top == value:
+            source = f"config.json:{FLAG}"
+        elif sub is not None and sub == value:
+            source = f"config.json:{self.flag_owner}.{FLAG}"
         else:
             source = "class default"
-        return value, source, top, text
+        return value, source, top, sub
+
+    @property
+    def flag_path(self) -> str:
+        return f"{self.flag_owner}.{FLAG}" if self.flag_owner else FLAG
 
 
 def _raw_flag(config) -> bool | None:
@@ -88,8 +134,39 @@ def _cache_file() -> Path:
     return cache_dir() / f"architectures-transformers-{transformers_version()}-v{CACHE_SCHEMA}.json"
 
 
-def _cache_key(config: dict) -> str:
-    return f"{architecture_name(config)}|{config.get('model_type')}|{'text_config' in config}"
+def cache_key(config: dict) -> str:
+    """Everything in a config that changes what is learned, and nothing that does not (no sizes).
+
+    The class, the model type, the sub-configs' model types (Llava with Gemma vs with Llama) and the
+    values of per-layer type lists; the transformers version is in the file name. The tie flags are
+    not part of it: `flag_table` answers for every value.
+    """
+    subs = sorted(f"{k}={v.get('model_type')}" for k, v in config.items()
+                  if isinstance(v, dict) and isinstance(v.get("model_type"), str))
+    layer_values = sorted({f"{k}={x}" for k, v in _walk(config) if k.endswith("_types") and isinstance(v, list)
+                           for x in v if isinstance(x, str)})
+    return json.dumps([architecture_name(config), config.get("model_type"), subs, layer_values])
+
+
+def _walk(doc: dict):
+    for k, v in doc.items():
+        yield k, v
+        if isinstance(v, dict) and isinstance(v.get("model_type"), str):
+            yield from _walk(v)
+
+
+def _load_knowledge() -> dict:
+    """The shipped entries, when they were made with the installed transformers version."""
+    try:
+        with open(KNOWLEDGE_FILE, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("transformers") != transformers_version() or \
+            data.get("schema") != CACHE_SCHEMA:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
 
 
 def _load_cache() -> dict:
@@ -101,13 +178,13 @@ def _load_cache() -> dict:
         return {}
 
 
-def _store_cache(key: str, info: ArchitectureInfo) -> None:
+def _store_cache(key: str, entry) -> None:
     """Write atomically; go on silently when the cache folder is not writable."""
     try:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
         data = _load_cache()
-        data[key] = asdict(info)
+        data[key] = entry
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".arch-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -130,23 +207,53 @@ def needs_remote_code(config: dict) -> bool:
     return bool(config.get("auto_map"))
 
 
-def learn(config: dict) -> ArchitectureInfo | None:
-    """Architecture knowledge for `config`, from the cache or from transformers.
+def learn(config: dict, keys=None) -> ArchitectureInfo | None:
+    """Architecture knowledge for `config`: the shipped file, the cache, or transformers itself.
 
-    Returns None when transformers does not know the architecture (the caller
-    falls back to the data).  Never runs remote code.
+    `keys` (the stored tensor names) choose the head class when the config names no `architectures`.
+    Returns None when transformers does not know the architecture (the caller falls back to the data).
+    Never runs remote code.
     """
-    key = _cache_key(config)
-    cached = _load_cache().get(key)
-    if isinstance(cached, dict):
-        try:
-            return ArchitectureInfo(**cached)
-        except TypeError:
-            pass
-    info = _learn_from_transformers(config)
+    if not architecture_name(config):
+        name = _choose_class(config, list(keys or ()))
+        if name is None:
+            return None
+        config = {**config, "architectures": [name]}
+    key = cache_key(config)
+    for entries in (_load_knowledge(), _load_cache()):
+        info = _from_entry(entries.get(key))
+        if info is not None:
+            return info
+    info = _learn_from_transformers(config, _model_class(config))
     if info is not None:
-        _store_cache(key, info)
+        _store_cache(key, asdict(info))
     return info
+
+
+def _choose_class(config: dict, keys: list[str]) -> str | None:
+    """The class name for a config without `architectures`, cached by model type and the shape of the keys."""
+    import hashlib
+
+    shapes = sorted({re.sub(r"\d+", "#", k) for k in keys})  # layer numbers out: one entry for every size
+    digest = hashlib.sha1("\n".join(shapes).encode()).hexdigest()[:16]
+    key = json.dumps(["choose", config.get("model_type"), digest])
+    cached = _load_cache().get(key)
+    if isinstance(cached, str):
+        return cached
+    cls = _class_by_keys(config, set(keys))
+    if cls is None:
+        return None
+    _store_cache(key, cls.__name__)
+    return cls.__name__
+
+
+def _from_entry(entry) -> ArchitectureInfo | None:
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return ArchitectureInfo(**entry)
+    except TypeError:
+        return None
 
 
 def _model_class(config: dict):
@@ -156,19 +263,65 @@ def _model_class(config: dict):
     cls = getattr(transformers, name, None) if name else None
     if cls is not None and hasattr(cls, "config_class"):
         return cls
+    candidates = _head_classes(config)
+    return candidates[0] if candidates else None
+
+
+def _head_classes(config: dict) -> list:
+    """The head classes transformers maps this config's model type to (then its base model)."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
-        return None
-    from transformers import AutoConfig
+        return []
+    out = []
+    for mapping in ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",) + HEAD_MAPPINGS[1:] + ("MODEL_MAPPING_NAMES",):
+        names = getattr(modeling_auto, mapping, {}).get(model_type)
+        for name in names if isinstance(names, (list, tuple)) else [names]:
+            cls = getattr(transformers, name, None) if isinstance(name, str) else None
+            if cls is not None and cls not in out:
+                out.append(cls)
+    return out
 
-    try:
-        cfg_cls = type(AutoConfig.for_model(model_type))
-    except (ValueError, KeyError):
-        return None
-    for auto in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModel"):
-        mapping = getattr(transformers, auto)._model_mapping
-        if cfg_cls in mapping:
-            return mapping[cfg_cls]
+
+def _class_by_keys(config: dict, keys: set[str]):
+    """Without `architectures`: the head class whose parameter names match the stored keys best.
+
+    A BART export whose keys are `model.encoder.*` is BartForConditionalGeneration, not the first class
+    the model type maps to (BartForCausalLM).
+    """
+    candidates = _head_classes(config)
+    if len(candidates) <= 1 or not keys:
+        return candidates[0] if candidates else None
+    best, best_score = candidates[0], -1
+    for cls in candidates:
+        try:
+            model, _ = _build_skeleton(cls, config)
+        except Exception:  # noqa: BLE001 - a class that does not build from this config is not it
+            continue
+        expected = set(_disk_names(model, set(model.state_dict())).values())
+        prefix = getattr(model, "base_model_prefix", "") or ""
+        score = sum(1 for k in expected if stored_key(k, keys, prefix) is not None)
+        score -= sum(1 for k in keys if k not in expected)  # stored keys the class would not load
+        if score > best_score:
+            best, best_score = cls, score
+    return best
+
+
+def stored_key(expected: str, stored, prefix: str) -> str | None:
+    """The stored key a transformers loader reads for `expected`, with its base-model-prefix rule.
+
+    transformers adds or strips exactly `base_model_prefix.` (a base model's save loads into a head
+    class and back); any other difference (`draft.lm_head.weight` for `lm_head.weight`) is another tensor.
+    """
+    if expected in stored:
+        return expected
+    if prefix:
+        lead = prefix + "."
+        other = expected[len(lead):] if expected.startswith(lead) else lead + expected
+        if other in stored:
+            return other
     return None
 
 
@@ -176,16 +329,21 @@ def _reduced(config: dict, tie: bool | None) -> dict:
     """A copy of `config` at depth 1 (and per-layer lists cut to match), flags set to `tie`."""
     out = copy.deepcopy(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
+        depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 1}
         for key in DEPTH_KEYS:
             if isinstance(d.get(key), int) and d[key] > 1:
                 d[key] = 1
         for key, value in list(d.items()):
-            if key in ("layer_types", "mlp_only_layers", "block_types") and isinstance(value, list):
+            # per-layer lists (layer_types, mlp_layer_types...) follow the depth
+            if isinstance(value, list) and (key in ("layer_types", "mlp_only_layers", "block_types")
+                                            or len(value) in depths):
                 d[key] = value[:1]
         if tie is not None and d is out:
             d[FLAG] = tie
-    if tie is not None and isinstance(out.get("text_config"), dict):
-        out["text_config"][FLAG] = tie
+    if tie is not None:  # every sub-config's flag, so the skeleton shows transformers' full tie map
+        for key, value in out.items():
+            if isinstance(value, dict) and (key == "text_config" or "model_type" in value or FLAG in value):
+                value[FLAG] = tie
     for k in ("auto_map", "quantization_config"):
         out.pop(k, None)
     return out
@@ -194,10 +352,10 @@ def _reduced(config: dict, tie: bool | None) -> dict:
 MAX_FULL_DEPTH = 1000  # a hostile config's layer count must not cost minutes
 
 
-def _build_skeleton(cls, config: dict):
+def _build_skeleton(cls, config: dict, tie: bool | None = True):
     import torch
 
-    cfg = cls.config_class.from_dict(_reduced(config, True))
+    cfg = cls.config_class.from_dict(_reduced(config, tie))
     try:
         with torch.device("meta"):
             return cls(cfg), cfg
@@ -205,48 +363,214 @@ def _build_skeleton(cls, config: dict):
         depths = [v for k, v in config.items() if k in DEPTH_KEYS and isinstance(v, int)]
         if any(d > MAX_FULL_DEPTH for d in depths):
             raise
-        cfg = cls.config_class.from_dict({**config, FLAG: True})
+        cfg = cls.config_class.from_dict({**config, FLAG: True} if tie else config)
         with torch.device("meta"):
             return cls(cfg), cfg
 
 
-def _learn_from_transformers(config: dict) -> ArchitectureInfo | None:
+def _learn_from_transformers(config: dict, cls=None) -> ArchitectureInfo | None:
     import logging
 
     import transformers
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    cls = _model_class(config)
+    cls = cls or _model_class(config)
     if cls is None:
         return None
     model, cfg = _build_skeleton(cls, config)
-    modules = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-    inp = model.get_input_embeddings()
-    out = model.get_output_embeddings()
-    embed_mem = f"{modules[id(inp)]}.weight"
-    head_mem = f"{modules[id(out)]}.weight" if out is not None and id(out) in modules else None
+    embed_mem = _parameter_name(model, _embedding(model, "get_input_embeddings"))
+    head_mem = _parameter_name(model, _embedding(model, "get_output_embeddings")) if embed_mem else None
     tie_mem = model.get_expanded_tied_weights_keys(all_submodels=True)
 
-    names = {embed_mem, *tie_mem, *tie_mem.values()} | ({head_mem} if head_mem else set())
-    disk = _disk_names(model, names)
+    owner = _flag_owner(model, cfg, head_mem, tie_mem)
+    if not owner and (isinstance(config.get("text_config"), dict) or "text_config" in getattr(cls.config_class, "sub_configs", {})):
+        owner = "text_config"  # multimodal configs that take the text model's flag (Llava) read it there
+    table = _flag_table(cls.config_class, config, owner)
+    governed_mem: list[str] = []
+    also_changes = None
+    if head_mem and head_mem in {*tie_mem, *tie_mem.values()} and len(set(table.values())) > 1:
+        off_doc = _with_flag(config, False, owner)
+        off_model, _ = _build_skeleton(cls, off_doc, tie=None)
+        off_map = off_model.get_expanded_tied_weights_keys(all_submodels=True)
+        governed_mem = sorted(t for t in tie_mem if t not in off_map)
+        on_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        off_names = {n for n, _ in off_model.named_parameters(remove_duplicate=False)}
+        if on_names != off_names:
+            extra = sorted(on_names ^ off_names)
+            also_changes = f"it builds other modules ({', '.join(extra[:3])}{'...' if len(extra) > 3 else ''})"
+        else:
+            also_changes = _forward_changes(cls, config, owner)
+        del off_model
 
-    info_cfg = _flag_owner(model, cfg, head_mem, tie_mem)
-    table, has_text = _flag_table(cls.config_class, config, info_cfg)
+    names = {*tie_mem, *tie_mem.values()} | {n for n in (embed_mem, head_mem) if n}
+    disk = _disk_names(model, names)
+    groups: dict[str, list[str]] = {}
+    for target, source in tie_mem.items():
+        groups.setdefault(disk[source], []).append(disk[target])
     return ArchitectureInfo(
         architecture=cls.__name__,
         model_type=str(getattr(cfg, "model_type", config.get("model_type", ""))),
-        has_head=head_mem is not None,
-        embed=disk[embed_mem],
-        head=disk[head_mem] if head_mem else None,
-        tie_map={disk[t]: disk[s] for t, s in tie_mem.items()},
-        memory_names={disk[n]: n for n in names},
-        flag_table=table,
-        has_text_config=has_text,
-        forced=table["false,absent"] is True,
-        default=table["absent,absent"],
         config_class=cls.config_class.__name__,
+        base_model_prefix=getattr(cls, "base_model_prefix", "") or "",
+        embed=disk[embed_mem] if embed_mem else None,
+        head=disk[head_mem] if head_mem else None,
+        tie_groups={s: sorted(t) for s, t in sorted(groups.items())},
+        governed=sorted(disk[t] for t in governed_mem),
+        memory_names={disk[n]: n for n in names},
+        flag_owner=owner,
+        flag_table=table,
+        forced=len(set(table.values())) == 1,
+        default=table["absent,absent"],
+        also_changes=also_changes,
     )
+
+
+def _embedding(model, getter: str):
+    """The module `get_input_embeddings`/`get_output_embeddings` returns, or None (speech, vision models)."""
+    try:
+        return getattr(model, getter)()
+    except (NotImplementedError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _parameter_name(model, module) -> str | None:
+    """The parameter's own name (`model.embed_tokens.word_embeddings.weight` for a wrapper), not the module's."""
+    weight = getattr(module, "weight", None) if module is not None else None
+    if weight is None or getattr(weight, "dim", lambda: 0)() != 2:
+        return None
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is weight]
+    if not names:
+        return None
+    module_names = [n for n, m in model.named_modules(remove_duplicate=False) if m is module]
+    own = [f"{m}.weight" for m in module_names if f"{m}.weight" in names]
+    return own[0] if own else names[0]
+
+
+def _with_flag(config: dict, value: bool, owner: str) -> dict:
+    """`config` with the flag set as a conversion writes it: at the top level and in the governing sub-config."""
+    out = copy.deepcopy(config)
+    out[FLAG] = value
+    if owner:
+        sub = out.get(owner)
+        out[owner] = {**(sub if isinstance(sub, dict) else {}), FLAG: value}
+    return out
+
+
+def _forward_changes(cls, config: dict, owner: str) -> str | None:
+    """Build a tiny model with the flag on, give a flag-off model the very same weights, compare a forward.
+
+    A flag that also scales (SwitchTransformers multiplies the decoder output by d_model**-0.5 only when
+    it ties) changes logits although every tensor is the same: a conversion that flips it cannot be lossless.
+    """
+    import torch
+
+    try:
+        doc = tiny_config_dict(config)
+        on = cls.config_class.from_dict(_with_flag(doc, True, owner))
+        off = cls.config_class.from_dict(_with_flag(doc, False, owner))
+        torch.manual_seed(0)
+        a = cls(on).eval()
+        b = cls(off).eval()
+        b.load_state_dict(a.state_dict(), strict=False)
+        inputs = tiny_inputs(a)
+        with torch.no_grad():
+            la, lb = _logits(a(**inputs)), _logits(b(**inputs))
+    except Exception:  # noqa: BLE001 - a class that needs other inputs (speech, vision): not checked
+        return None
+    if la is None or lb is None or la.shape != lb.shape or torch.equal(la, lb):
+        return None
+    return f"it changes the forward with identical weights (logits differ by {(la - lb).abs().max().item():.3g})"
+
+
+def _logits(out):
+    import torch
+
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+def tiny_inputs(model) -> dict:
+    """A fixed short token prompt (and decoder prompt for encoder-decoders)."""
+    import torch
+
+    ids = torch.arange(3, 11).unsqueeze(0)
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(model.config, "is_encoder_decoder", False):
+        kwargs["decoder_input_ids"] = ids[:, :4]
+    return kwargs
+
+
+# ---------------------------------------------------------------- the shrinking rule
+
+TINY_HIDDEN, TINY_HEADS, TINY_KV_HEADS, TINY_LAYERS, TINY_VOCAB = 64, 4, 2, 2, 256
+HIDDEN_KEYS = {"hidden_size", "d_model", "n_embd", "n_embed", "embed_dim", "dim", "hidden_dim", "model_dim",
+               "embedding_size", "word_embed_proj_dim", "projection_dim", "text_embed_dim", "emb_dim"}
+HEAD_KEYS = {"num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
+             "decoder_attention_heads", "num_attention_heads_per_layer"}
+KV_KEYS = {"num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num", "n_head_kv"}
+LAYER_KEYS = {"num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
+              "num_decoder_layers", "num_encoder_layers", "depth", "num_text_layers"}
+
+
+def tiny_config_dict(config: dict) -> dict:
+    """One shrinking rule for every config and its sub-configs: hidden 64, intermediate 2x, 2 layers
+    (per-layer lists cut to match), 4 heads (2 key/value), vocab 256, special token ids moved into it."""
+    doc = _shrink(config)
+    _token_ids_in_vocab(doc, list(range(TINY_VOCAB - 64, TINY_VOCAB)))
+    for k in ("auto_map", "quantization_config", "_name_or_path"):
+        doc.pop(k, None)
+    return doc
+
+
+def _shrink(d: dict) -> dict:
+    out = dict(d)
+    old_layers = {v for k, v in d.items() if k in LAYER_KEYS and isinstance(v, int) and v > TINY_LAYERS}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out[key] = _shrink(value)
+        elif not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, list)):
+            continue
+        elif isinstance(value, list):
+            if old_layers and len(value) in old_layers:
+                # per-layer lists follow the depth; first and last keep a pattern's kinds (sliding..., full)
+                out[key] = value[:1] + value[-(TINY_LAYERS - 1):]
+        elif key in HIDDEN_KEYS and value > TINY_HIDDEN:
+            out[key] = TINY_HIDDEN
+        elif ("intermediate_size" in key or key.endswith(("ffn_dim", "d_ff", "n_inner", "mlp_dim"))) and value > 0:
+            out[key] = 2 * TINY_HIDDEN
+        elif key in LAYER_KEYS and value > TINY_LAYERS:
+            out[key] = TINY_LAYERS
+        elif key in HEAD_KEYS and value > TINY_HEADS:
+            out[key] = TINY_HEADS
+        elif key in KV_KEYS and value > TINY_KV_HEADS:
+            out[key] = TINY_KV_HEADS
+        elif key == "head_dim" and value > TINY_HIDDEN // TINY_HEADS:
+            out[key] = TINY_HIDDEN // TINY_HEADS
+        elif key.endswith("vocab_size") and value > TINY_VOCAB:
+            out[key] = TINY_VOCAB
+        elif "experts" in key and "per_tok" not in key and value > 4:
+            out[key] = 4
+        elif (key.endswith("per_tok") or key in ("top_k", "moe_topk")) and value > 2:
+            out[key] = 2
+        elif key.endswith("_rank") and value > TINY_HIDDEN:
+            out[key] = TINY_HIDDEN // 2
+    return out
+
+
+def _token_ids_in_vocab(d: dict, free: list[int]) -> None:
+    for key, value in list(d.items()):
+        if isinstance(value, dict):
+            _token_ids_in_vocab(value, free)
+        elif not isinstance(key, str) or not free:
+            continue
+        elif key.endswith(("_token_id", "_token_index", "_id")) and isinstance(value, int) and \
+                not isinstance(value, bool) and value >= TINY_VOCAB:
+            d[key] = free.pop()
+        elif key.endswith("_token_id") and isinstance(value, list):
+            d[key] = [v if not isinstance(v, int) or v < TINY_VOCAB or not free else free.pop() for v in value]
 
 
 def _disk_names(model, names: set[str]) -> dict[str, str]:
@@ -283,27 +607,27 @@ def _flag_owner(model, cfg, head_mem, tie_mem) -> str:
     return ""
 
 
-def _flag_table(config_class, config: dict, owner: str) -> tuple[dict[str, bool], bool]:
-    """Evaluate the config class on every combination of the top-level and text_config flag."""
+def _flag_table(config_class, config: dict, owner: str) -> dict[str, bool]:
+    """Evaluate the config class on every combination of the top-level flag and the owner sub-config's flag."""
     base = {k: v for k, v in config.items() if k not in (FLAG, "auto_map", "quantization_config")}
-    has_text = isinstance(config.get("text_config"), dict) or "text_config" in getattr(config_class, "sub_configs", {})
     table = {}
     for top in STATES:
-        for text in STATES if has_text else ("absent",):
+        for sub in STATES if owner else ("absent",):
             doc = copy.deepcopy(base)
             if top != "absent":
                 doc[FLAG] = top == "true"
-            if has_text:
-                sub = dict(doc.get("text_config") or {})
-                sub.pop(FLAG, None)
-                if text != "absent":
-                    sub[FLAG] = text == "true"
-                doc["text_config"] = sub
+            if owner:
+                part = dict(doc.get(owner) or {})
+                part.pop(FLAG, None)
+                if sub != "absent":
+                    part[FLAG] = sub == "true"
+                if part:
+                    doc[owner] = part
             cfg = config_class.from_dict(_reduced(doc, None))
             target = getattr(cfg, owner) if owner else cfg
-            table[f"{top},{text}"] = bool(getattr(target, FLAG, False))
-    if not has_text:
+            table[f"{top},{sub}"] = bool(getattr(target, FLAG, False))
+    if not owner:
         for top in STATES:
-            for text in STATES[1:]:
-                table[f"{top},{text}"] = table[f"{top},absent"]
-    return table, has_text
+            for sub in STATES[1:]:
+                table[f"{top},{sub}"] = table[f"{top},absent"]
+    return table

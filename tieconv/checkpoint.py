@@ -226,8 +226,9 @@ def _read_index(root: Path, name: str) -> dict[str, list[str]]:
         raise CorruptFileError(f"{root / name}: index has no valid weight_map; re-download the checkpoint")
     by_file: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
-        safe_member(root, shard, f"index {name}")  # validate every name before opening any
         by_file.setdefault(shard, []).append(key)
+    for shard in by_file:  # validate every name before opening any: once per shard, not per tensor
+        safe_member(root, shard, f"index {name}")
     return by_file
 
 

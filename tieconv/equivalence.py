@@ -237,7 +237,7 @@ def _inspect_for_diff(path: str | os.PathLike) -> Report:
                       embed=TensorInfo("", False, None, None, None, 0), head=None,
                       tie_flag=TieFlag(None, "none", False), identical=None, equal_after_cast=None,
                       parameters=Parameters(0, 0), bytes=ByteCounts(0, 0), reclaimable_keys=[], tie_map={},
-                      architecture=None, config=ckpt.config_file, reason=str(refused), advice="", notes=[note],
+                      tie_group=None, architecture=None, config=ckpt.config_file, reason=str(refused), advice="", notes=[note],
                       checkpoint=ckpt)
 
 

@@ -10,7 +10,7 @@ from .checkpoint import Checkpoint, open_checkpoint, read_json
 from .compare import bytes_identical, equal_after_cast
 from .errors import InputError, TieconvError, UnsupportedCheckpointError
 from .names import find_pair
-from .report import ByteCounts, Parameters, Report, TensorInfo, TieFlag, human_bytes
+from .report import ByteCounts, Parameters, Report, TensorInfo, TieFlag, TieGroup, human_bytes
 from .safetensors_header import FLOAT_DTYPES
 
 # companions that quantization libraries store beside a quantized weight
@@ -21,12 +21,14 @@ QUANT_SUFFIXES = (".SCB", ".absmax", ".quant_map", ".quant_state", ".qweight", "
 class Names:
     """Where the embedding, the head and the flag come from, before any bytes are read."""
 
-    embed: str
+    embed: str | None  # the other member of the head's tie group a loader uses; None: no token embedding
     head: str | None
-    tie_map: dict[str, str]  # target -> source, as stored
+    tie_map: dict[str, str]  # target -> source for every tie the flag makes, as stored
     flag: TieFlag
     architecture: str | None
     has_head: bool
+    group: TieGroup | None = None  # the head's tie group; None: the head is never tied
+    head_is_source: bool = False  # FSMT, BLT: the head is the group's source, the embedding a target
 
 
 def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | None = None, compare: bool = True) -> Report:
@@ -101,7 +103,7 @@ def check_overrides(ckpt: Checkpoint, embed: str | None, head: str | None) -> No
                              "(vocab x hidden); name the embedding or head matrix")
 
 
-def _first_stored(ckpt: Checkpoint, candidates: list[str]) -> str:
+def _first_stored(ckpt: Checkpoint, candidates: list[str], prefix: str = "") -> str:
     for key in candidates:
         if key in ckpt.tensors:
             return key
@@ -109,11 +111,11 @@ def _first_stored(ckpt: Checkpoint, candidates: list[str]) -> str:
         if key in ckpt.aliases:
             return key
     # transformers adds or strips the base model prefix at load (`embed_tokens.weight` saved from a base
-    # model loads into `model.embed_tokens.weight`): accept one stored key that differs only by a prefix
+    # model loads into `model.embed_tokens.weight`), exactly that prefix and nothing else
     for key in candidates:
-        near = [k for k in ckpt.tensors if key.endswith("." + k) or k.endswith("." + key)]
-        if len(near) == 1:
-            return near[0]
+        found = arch.stored_key(key, ckpt.tensors, prefix)
+        if found is not None:
+            return found
     return candidates[0]
 
 
@@ -125,7 +127,7 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> 
             notes.append("config.json asks for remote code (auto_map): not executed; names found from the data")
         else:
             try:
-                info = arch.learn(config)
+                info = arch.learn(config, keys=list(ckpt.tensors) + list(ckpt.aliases))
             except Exception as exc:  # noqa: BLE001 - a config transformers cannot build: fall back to the data
                 first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 notes.append(f"transformers could not build this config ({first}); names found from the data")
@@ -133,32 +135,8 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> 
                 if info is None:
                     model = arch.architecture_name(config) or "this model type"
                     notes.append(f"transformers does not know {model}; names found from the data")
-
     if info is not None:
-        value, source, top, text = info.effective_flag(config)
-        flag = TieFlag(value, source, info.forced, top, text)
-        mem = info.memory_names
-
-        # a file saved with transformers 5's in-memory names (VLMs) gets unstored keys in the same style
-        stored = set(ckpt.tensors) | set(ckpt.aliases)
-        memory_style = any(mem.get(d, d) != d and mem.get(d, d) in stored for d in mem)
-
-        def stored_name(disk: str) -> str:
-            candidates = [mem.get(disk, disk), disk] if memory_style else [disk, mem.get(disk, disk)]
-            return _first_stored(ckpt, candidates)
-
-        tie_map = {stored_name(t): stored_name(s) for t, s in info.tie_map.items()}
-        resolved = Names(
-            embed=embed or stored_name(info.embed),
-            head=head or (stored_name(info.head) if info.head else None),
-            tie_map=tie_map,
-            flag=flag,
-            architecture=info.architecture,
-            has_head=info.has_head or head is not None,
-        )
-        if resolved.head and resolved.head not in tie_map:
-            tie_map[resolved.head] = resolved.embed
-        return resolved
+        return _names_from_architecture(ckpt, info, embed, head)
 
     flag = _flag_without_architecture(ckpt)
     pair = find_pair(list(ckpt.tensors) + list(ckpt.aliases))
@@ -179,7 +157,51 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> 
         flag=flag,
         architecture=architecture or None,
         has_head=head_key is not None,
+        group=TieGroup(embed_key, [head_key]) if head_key else None,
     )
+
+
+def _names_from_architecture(ckpt: Checkpoint, info: arch.ArchitectureInfo, embed, head) -> Names:
+    config = ckpt.config
+    value, source, top, sub = info.effective_flag(config)
+    mem = info.memory_names
+
+    # a file saved with transformers 5's in-memory names (VLMs) gets unstored keys in the same style
+    stored = set(ckpt.tensors) | set(ckpt.aliases)
+    memory_style = any(mem.get(d, d) != d and mem.get(d, d) in stored for d in mem)
+
+    def stored_name(disk: str) -> str:
+        candidates = [mem.get(disk, disk), disk] if memory_style else [disk, mem.get(disk, disk)]
+        return _first_stored(ckpt, candidates, info.base_model_prefix)
+
+    governs = [stored_name(t) for t in info.governed]
+    flag = TieFlag(value, source, info.forced, top, sub, info.flag_path, governs, info.also_changes)
+    if info.embed is None and not (embed and head):
+        return Names(None, None, {}, flag, info.architecture, has_head=False)
+
+    group = info.head_group
+    head_is_source = group is not None and group[0] == info.head
+    # the ties the flag makes: the head's group, and every other group flipping the flag unties with it
+    full = info.tie_map
+    active = {t: full[t] for t in info.governed if t in full}
+    if group is not None:
+        active.update({t: group[0] for t in group[1]})
+    tie_map = {stored_name(t): stored_name(s) for t, s in active.items()}
+    pair_embed = info.pair_embed
+    resolved = Names(
+        embed=embed or stored_name(pair_embed or info.embed),
+        head=head or (stored_name(info.head) if info.head else None),
+        tie_map=tie_map,
+        flag=flag,
+        architecture=info.architecture,
+        has_head=info.head is not None or head is not None,
+        group=TieGroup(stored_name(group[0]), [stored_name(t) for t in group[1]]) if group else None,
+        head_is_source=head_is_source,
+    )
+    if (embed or head) and resolved.head:
+        if resolved.group is not None:  # keys named by the user stand for the group's pair
+            resolved.tie_map.setdefault(resolved.head, resolved.embed)
+    return resolved
 
 
 def _flag_without_architecture(ckpt: Checkpoint) -> TieFlag:
@@ -196,7 +218,7 @@ def _flag_without_architecture(ckpt: Checkpoint) -> TieFlag:
         if top is not None:
             return TieFlag(top, f"{source_file}:{arch.FLAG}", False, top, text)
         if text is not None:
-            return TieFlag(text, f"{source_file}:text_config.{arch.FLAG}", False, top, text)
+            return TieFlag(text, f"{source_file}:text_config.{arch.FLAG}", False, top, text, f"text_config.{arch.FLAG}")
     return TieFlag(None, "none", False)
 
 
@@ -229,6 +251,8 @@ def _check_plain_float(ckpt: Checkpoint, keys: list[str]) -> None:
 
 def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> Report:
     embed_key, head_key, flag = names.embed, names.head, names.flag
+    if embed_key is None:
+        return _no_token_embedding(ckpt, names, notes)
     embed_stored = embed_key in ckpt.tensors
     head_stored = head_key is not None and head_key in ckpt.tensors
     if not embed_stored and not head_stored and names.has_head:
@@ -304,6 +328,7 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
         bytes=ByteCounts(total_bytes, reclaimable),
         reclaimable_keys=reclaim_keys,
         tie_map=dict(names.tie_map),
+        tie_group=names.group if names.has_head else None,
         architecture=names.architecture,
         config=ckpt.config_file,
         reason=reason,
@@ -315,9 +340,27 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
     return report
 
 
+def _no_token_embedding(ckpt: Checkpoint, names: Names, notes: list[str]) -> Report:
+    """Speech and vision models (wav2vec2, ViTMAE...): nothing to tie, and no keys to name."""
+    unique = {t.storage: t for t in ckpt.tensors.values()}
+    return Report(
+        path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict="no-head", embed=None, head=None,
+        tie_flag=names.flag, identical=None, equal_after_cast=None,
+        parameters=Parameters(sum(t.numel for t in ckpt.tensors.values()), sum(t.numel for t in unique.values())),
+        bytes=ByteCounts(sum(t.nbytes for t in unique.values()), 0), reclaimable_keys=[], tie_map={}, tie_group=None,
+        architecture=names.architecture, config=ckpt.config_file,
+        reason=f"{names.architecture} has no token embedding", advice=_advice_text("no-head", str(ckpt.path), "0 B"),
+        notes=notes, checkpoint=ckpt,
+    )
+
+
 def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shapes_differ, dtypes_differ, identical, ckpt):
     if not names.has_head:
         return "no-head", "the model has no output embedding"
+    if names.head_is_source and flag.value and embed_stored != head_stored:
+        # FSMT, BLT: the head is the group's source; transformers fills the embedding from whichever is stored
+        which = "the head (the tie's source)" if head_stored else "the embedding"
+        return "tied", f"the flag ties and only {which} is stored"
     shape_reason = ""
     if shapes_differ:
         e, h = ckpt.tensors[names.embed].shape, ckpt.tensors[names.head].shape
@@ -328,7 +371,7 @@ def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shap
     differ_reason = shape_reason or (dtype_reason if dtypes_differ else "both are stored and differ")
     undecided = "both are stored but were not compared; compare them to decide"
 
-    if flag.value is None or flag.forced:
+    if flag.value is None or (flag.forced and flag.value):
         # No config (or a flag the config class forces): the data decides.
         lead = "no config found: " if flag.value is None else "the flag is forced, so the data decides: "
         if aliased:
@@ -378,8 +421,12 @@ def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shap
 
 
 def _advice(report: Report) -> str:
-    p = report.path
-    saved = human_bytes(report.bytes.reclaimable)
+    if report.tie_group is None and report.head is not None and report.verdict == "tieable":
+        return f"Consistent as is; transformers never ties {report.architecture}'s head, so it stays stored."
+    return _advice_text(report.verdict, report.path, human_bytes(report.bytes.reclaimable))
+
+
+def _advice_text(verdict: str, p: str, saved: str) -> str:
     return {
         "tied": "Nothing to do: the head is the embedding.",
         "duplicated": f"Run `tieconv tie {p} OUT` to drop the duplicate and save {saved}.",
@@ -392,4 +439,4 @@ def _advice(report: Report) -> str:
         "embed-missing": f"Run `tieconv tie {p} OUT` to store the head's matrix as the embedding.",
         "no-head": "Nothing to tie: the model has no output head.",
         "undecided": "Run again without --no-compare to compare the two matrices.",
-    }[report.verdict]
+    }[verdict]

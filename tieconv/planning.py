@@ -91,12 +91,29 @@ def _difference_text(report: Report) -> str:
     )
 
 
+def _refuse_flag_flip(report: Report, to: bool) -> None:
+    """A flag that does more than tie (scales a forward, builds other modules) cannot be flipped losslessly."""
+    flag = report.tie_flag
+    if flag.value is not to and not flag.forced and flag.also_changes:
+        raise RefusedError(
+            f"{report.path}: setting {flag.path} to {str(to).lower()} also changes the model beyond the tie "
+            f"({flag.also_changes}); tieconv cannot pin that in the config, so it leaves this checkpoint as is"
+        )
+
+
 def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
     """(dropped, added, replaced, flag, nothing_to_do, reason) for `tie`."""
-    v, e, h = report.verdict, report.embed.key, report.head.key if report.head else None
     path = report.path
-    if v == "no-head":
+    if report.verdict == "no-head" or report.embed is None:
         raise RefusedError(f"{path}: the model has no output head; there is nothing to tie")
+    v, e, h = report.verdict, report.embed.key, report.head.key if report.head else None
+    if report.tie_group is None and report.config is not None and report.architecture:
+        raise RefusedError(
+            f"{path}: transformers never ties {report.architecture}'s head (it has no tie map for it), so a "
+            "dropped head would load as random values; keep both matrices"
+        )
+    if v not in ("tied",) or report.reclaimable_keys:
+        _refuse_flag_flip(report, True)
     if report.layout == "gguf" and report.head and report.head.stored:
         from .gguf_file import architecture, llama_cpp_head_rule
 
@@ -151,11 +168,11 @@ def _shared_targets(report: Report) -> list[str]:
 
 
 def _untie_ops(report: Report, force: bool):
-    v, e, h = report.verdict, report.embed.key, report.head.key if report.head else None
     ckpt: Checkpoint = report.checkpoint
     path = report.path
-    if v == "no-head":
+    if report.verdict == "no-head" or report.embed is None:
         raise RefusedError(f"{path}: the model has no output head; there is nothing to untie")
+    v, e, h = report.verdict, report.embed.key, report.head.key if report.head else None
     if v == "head-missing":
         raise RefusedError(
             f"{path}: there is no head to keep (the config unties and none is stored); "
@@ -165,23 +182,48 @@ def _untie_ops(report: Report, force: bool):
         if force:
             return [], {}, {}, False, False, "already untied; writing a normalised copy (--force)"
         return [], {}, {}, False, True, "already untied: nothing to do"
+    if v in ("tied", "duplicated", "conflict"):
+        _refuse_flag_flip(report, False)
     if v == "conflict":
-        return [], {}, {}, False, False, "keep both matrices as stored and set the flag to untied"
+        # the head is stored; every other target the flag ties (BART's encoder and decoder embeddings) is not
+        added = _unstored_targets(report, ckpt)
+        return [], added, {}, False, False, "keep both matrices as stored" + (
+            f", store {len(added)} other tie-map target(s) as their own tensors" if added else "") + " and untie"
     if v == "embed-missing":
         if report.tie_flag.value is False:
             raise RefusedError(f"{path}: the config unties and the embedding {e} is not stored: it is lost")
         return [], {e: h}, {}, False, False, "store the embedding as a copy of the head and untie"
     # tied or duplicated: materialise every target of the tie map the flag controls
-    added = {}
-    for target, source in report.tie_map.items():
-        if target not in ckpt.tensors and source in ckpt.tensors:
-            added[target] = source
+    added = _unstored_targets(report, ckpt)
     if h and h not in ckpt.tensors and e in ckpt.tensors:
         added[h] = e
     separated = _shared_targets(report)  # one storage in a pickle: written as two tensors
     count = len(added) + len(separated)
     what = "the tie-map target as its own tensor" if count == 1 else f"{count} tie-map targets as their own tensors"
     return [], added, {}, False, False, f"store {what} and untie" if count else "set the flag to untie"
+
+
+def _unstored_targets(report: Report, ckpt: Checkpoint) -> dict[str, str]:
+    """Every tie the flag makes whose target is not stored: key -> the stored key a loader fills it from.
+
+    When the group's source is not stored either (a head that is the source, stored only as a target's
+    copy), the stored member of the group stands in.
+    """
+    added = {}
+    for target, source in report.tie_map.items():
+        if target in ckpt.tensors:
+            continue
+        if source in ckpt.tensors:
+            added[target] = source
+        elif report.tie_group and source == report.tie_group.source:
+            stored = [t for t in report.tie_group.targets if t in ckpt.tensors]
+            if stored:
+                added[target] = stored[0]
+    for source in {s for s in report.tie_map.values()} - set(ckpt.tensors):
+        stored = [t for t, s in report.tie_map.items() if s == source and t in ckpt.tensors]
+        if stored:
+            added[source] = stored[0]  # the source itself, filled from a stored target (symmetric tie)
+    return added
 
 
 # ---------------------------------------------------------------- building the plan
@@ -203,6 +245,9 @@ def _config_changes(report: Report, ckpt: Checkpoint, flag: bool) -> dict[str, o
     changes["tie_word_embeddings"] = flag
     if isinstance(config.get("text_config"), dict):
         changes["text_config.tie_word_embeddings"] = flag  # keep top level and text_config consistent
+    owner = report.tie_flag.path.rsplit(".", 1)[0] if "." in report.tie_flag.path else ""
+    if owner and isinstance(config.get(owner), dict):
+        changes[report.tie_flag.path] = flag  # the sub-config whose flag governs the head (decoder, text_config)
     return changes
 
 

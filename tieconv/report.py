@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tie_group; embed/head null without a token embedding; the flag's path and reach
 VERDICTS = (
     "tied", "duplicated", "untied", "tieable", "conflict", "head-missing", "embed-missing", "no-head", "undecided",
 )
@@ -27,9 +27,20 @@ class TensorInfo:
 class TieFlag:
     value: bool | None
     source: str  # "config.json:tie_word_embeddings", "class default", "none"...
-    forced: bool
+    forced: bool  # no value in the file changes it
     top_level: bool | None = None  # raw values as written in the file
-    text_config: bool | None = None
+    sub_config: bool | None = None  # ... in the sub-config whose flag governs the head (see `path`)
+    path: str = "tie_word_embeddings"  # where the governing flag lives: "text_config.tie_word_embeddings"...
+    governs: list[str] = field(default_factory=list)  # keys whose tie flipping the flag undoes, as stored
+    also_changes: str | None = None  # what else flipping the flag changes (conversions refuse to flip it)
+
+
+@dataclass
+class TieGroup:
+    """The head's tie group as transformers defines it: loaders fill every target from the source."""
+
+    source: str
+    targets: list[str]
 
 
 @dataclass
@@ -52,7 +63,7 @@ class Report:
     layout: str
     files: list[str]
     verdict: str
-    embed: TensorInfo
+    embed: TensorInfo | None  # None: the model has no token embedding (no-head)
     head: TensorInfo | None
     tie_flag: TieFlag
     identical: bool | None
@@ -60,7 +71,8 @@ class Report:
     parameters: Parameters
     bytes: ByteCounts
     reclaimable_keys: list[str]
-    tie_map: dict[str, str]
+    tie_map: dict[str, str]  # target -> source for every tie the flag makes, as stored
+    tie_group: TieGroup | None  # None: transformers never ties this head (or there is none)
     architecture: str | None
     config: str | None
     reason: str
@@ -110,8 +122,9 @@ def render(report: Report, colour: bool = False) -> str:
 
     flag = report.tie_flag
     flag_text = "none (no config)" if flag.value is None else f"{str(flag.value).lower()} ({flag.source})"
-    if flag.top_level is not None and flag.text_config is not None and flag.top_level != flag.text_config:
-        flag_text += f"; top level says {str(flag.top_level).lower()}, text_config says {str(flag.text_config).lower()}"
+    if flag.top_level is not None and flag.sub_config is not None and flag.top_level != flag.sub_config:
+        owner = flag.path.rsplit(".", 1)[0]
+        flag_text += f"; top level says {str(flag.top_level).lower()}, {owner} says {str(flag.sub_config).lower()}"
     identical = {True: "yes", False: "no", None: "not compared"}[report.identical]
     if report.equal_after_cast is not None:
         identical += f" (equal after casting: {'yes' if report.equal_after_cast else 'no'})"
