@@ -283,11 +283,18 @@ def loader_view(report: Report) -> dict[str, Any]:
     - a stored target keeps its own values even when the flag ties and they differ from the source's
       (transformers 5 and vLLM keep both; MLX-LM would use the source: a runtime question, not `diff`'s).
 
-    This is the one place that reads the tie rules: when inspection models tie *groups*, each with its
-    governing flag, iterate over the groups here instead of `tie_map` and the one flag.
+    This is the one place that reads the tie rules; `report.tie_map` is transformers' whole tie map and
+    `report.tie_flag.governs` the ties the head's flag controls.
     """
     ckpt: Checkpoint = report.checkpoint
     ties = report.tie_flag.value is not False
+    # the flag that governs the head's tie group undoes only the ties it governs (`tie_flag.governs`, as
+    # inspection learns them from transformers); ties it does not govern hold whatever its value
+    governed = set(report.tie_flag.governs) if report.tie_flag.governs else None
+
+    def tie_holds(key: str) -> bool:
+        return ties or (governed is not None and key not in governed)
+
     view: dict[str, Any] = {key: key for key in ckpt.tensors}
     for dropped, kept in ckpt.aliases.items():
         view.setdefault(dropped, kept)
@@ -301,7 +308,7 @@ def loader_view(report: Report) -> dict[str, Any]:
     def resolve(key: str, seen: frozenset = frozenset()) -> Any:
         if key in view:
             return view[key]
-        if not ties or key in seen:
+        if not tie_holds(key) or key in seen:
             return RANDOM
         for partner in partners.get(key, []):
             found = resolve(partner, seen | {key})
