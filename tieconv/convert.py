@@ -132,11 +132,11 @@ def _entry(ckpt: Checkpoint, t: PlannedTensor) -> WriteEntry:
 
 
 def _index_text(ckpt: Checkpoint, p: Plan) -> str:
-    from .checkpoint import read_json
+    from .checkpoint import read_index_doc
 
     old = {}
     if (ckpt.root / SAFETENSORS_INDEX).is_file():
-        doc = read_json(ckpt.root / SAFETENSORS_INDEX, "index")
+        doc = read_index_doc(ckpt.root, SAFETENSORS_INDEX)
         old = dict(doc.get("metadata") or {}) if isinstance(doc.get("metadata"), dict) else {}
     meta = {**old, "total_size": p.bytes_after}
     if "total_parameters" in old:

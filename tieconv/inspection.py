@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from . import architecture as arch
-from .checkpoint import Checkpoint, open_checkpoint, read_json
+from .checkpoint import Checkpoint, open_checkpoint, read_member_json
 from .compare import bytes_identical, equal_after_cast
 from .errors import InputError, UnsupportedCheckpointError
 from .names import find_pair
@@ -151,7 +151,7 @@ def _flag_without_architecture(ckpt: Checkpoint) -> TieFlag:
     config = ckpt.config
     source_file = ckpt.config_file
     if config is None and ckpt.config_file == "params.json":
-        config = read_json(ckpt.root / "params.json", "params.json")
+        config = read_member_json(ckpt.root, "params.json", "params.json")
     if isinstance(config, dict):
         top = config.get(arch.FLAG)
         text_cfg = config.get("text_config")
