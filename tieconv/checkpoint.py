@@ -328,6 +328,9 @@ def load_pickle(path: Path, notes: list[str] | None = None) -> Any:
     import pickle
     import zipfile
 
+    from .pickle_scan import check_torch_file
+
+    check_torch_file(path)
     mmap = zipfile.is_zipfile(path)
     if not mmap and notes is not None:
         notes.append(f"{path.name} is a legacy (non-zip) pickle: read whole into memory, it cannot be memory-mapped")
@@ -374,6 +377,28 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
     raise InputError(f"{path}: holds no state dict of tensors (looked at the top level and {NESTED_STATE_DICT_KEYS})")
 
 
+EXPANDED_VIEW_BYTES = 16 << 20  # a broadcast view may claim more than its storage, up to this much
+
+
+def _check_plain_tensor(path: Path, key: str, t) -> None:
+    """Refuse tensors tieconv cannot stream as bytes, before anything asks for their size or bytes.
+
+    A view with stride 0 claims more elements than its storage holds (a 2 KB file can claim 4 TiB):
+    materialising it to learn or copy its bytes would allocate all of them.
+    """
+    torch = _torch()
+    kind = ("sparse" if t.layout != torch.strided else "nested" if t.is_nested
+            else "quantized" if t.is_quantized else f"on the {t.device.type} device" if t.device.type != "cpu" else "")
+    if kind:
+        raise UnsupportedCheckpointError(f"{path}: tensor {key!r} is {kind}; tieconv reads plain dense CPU tensors "
+                                         "(save it with .to_dense() / .cpu() / real values)")
+    claimed = t.numel() * t.element_size()
+    held = t.untyped_storage().nbytes()
+    if claimed > max(held, EXPANDED_VIEW_BYTES):
+        raise CorruptFileError(f"{path}: tensor {key!r} claims {claimed} bytes over a storage of {held} "
+                               "(a stride-0 or overlapping view); refusing to materialise it")
+
+
 def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
     path = safe_member(ckpt.root, name, "the index")
     if not path.is_file():
@@ -383,9 +408,12 @@ def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
     state_dict, nested = _find_state_dict(obj, path)
     if nested:
         ckpt.notes.append(f"{name}: state dict read from the training checkpoint's {nested!r} entry")
+    if len(ckpt.tensors) + len(state_dict) > MAX_TENSORS:
+        raise CorruptFileError(f"{path}: the checkpoint holds over {MAX_TENSORS} tensors; refusing it")
     for key, t in state_dict.items():
         if key in ckpt.tensors:
             raise CorruptFileError(f"{path}: key {key!r} is also stored in {ckpt.tensors[key].file}")
+        _check_plain_tensor(path, key, t)
         storage = (name, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.stride()), tuple(t.shape))
         ckpt.tensors[key] = StoredTensor(
             key, torch_dtype_name(t.dtype), tuple(t.shape), t.numel() * t.element_size(), name, storage
