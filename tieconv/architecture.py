@@ -12,6 +12,8 @@ import copy
 import json
 import os
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -172,9 +174,55 @@ def _model_class(config: dict):
     return None
 
 
+# Fields that make transformers fetch or read another model while building this one (RT-DETR,
+# DETR, Mask2Former... name a backbone checkpoint): a skeleton must never touch the network or files
+# outside the model folder, and needs no pretrained weights.
+NETWORK_KEYS = ("backbone", "use_pretrained_backbone", "backbone_kwargs")
+# Fields whose size transformers materialises (num_labels: 30,000,000 builds a 3 GB id2label), useless for tying
+LABEL_KEYS = ("id2label", "label2id")
+
+
+def _sanitised(config: dict) -> dict:
+    """A deep copy of `config` without the fields above, at every level of nesting."""
+    out = copy.deepcopy(config)
+    todo = [out]
+    while todo:
+        d = todo.pop()
+        for key in NETWORK_KEYS + LABEL_KEYS:
+            d.pop(key, None)
+        if "use_timm_backbone" in d:
+            d["use_timm_backbone"] = False
+        if isinstance(d.get("num_labels"), int) and d["num_labels"] > 2:
+            d["num_labels"] = 2
+        todo.extend(v for v in d.values() if isinstance(v, dict))
+    return out
+
+
+_OFFLINE = threading.Lock()
+
+
+@contextmanager
+def _offline():
+    """huggingface_hub offline for the whole process while a skeleton is built.
+
+    Setting HF_HUB_OFFLINE in the environment after huggingface_hub is imported has no effect;
+    its `constants.HF_HUB_OFFLINE` is read at each request, and process-global, so builds that
+    set and restore it hold one lock.
+    """
+    from huggingface_hub import constants
+
+    with _OFFLINE:
+        before = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = before
+
+
 def _reduced(config: dict, tie: bool | None) -> dict:
     """A copy of `config` at depth 1 (and per-layer lists cut to match), flags set to `tie`."""
-    out = copy.deepcopy(config)
+    out = _sanitised(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
         for key in DEPTH_KEYS:
             if isinstance(d.get(key), int) and d[key] > 1:
@@ -182,6 +230,8 @@ def _reduced(config: dict, tie: bool | None) -> dict:
         for key, value in list(d.items()):
             if key in ("layer_types", "mlp_only_layers", "block_types") and isinstance(value, list):
                 d[key] = value[:1]
+            elif key in ("block_sizes", "block_repeats") and isinstance(value, list) and value:
+                d[key] = [1]  # Funnel: one block of one layer
         if tie is not None and d is out:
             d[FLAG] = tie
     if tie is not None and isinstance(out.get("text_config"), dict):
@@ -205,7 +255,7 @@ def _build_skeleton(cls, config: dict):
         depths = [v for k, v in config.items() if k in DEPTH_KEYS and isinstance(v, int)]
         if any(d > MAX_FULL_DEPTH for d in depths):
             raise
-        cfg = cls.config_class.from_dict({**config, FLAG: True})
+        cfg = cls.config_class.from_dict({**_sanitised(config), FLAG: True})
         with torch.device("meta"):
             return cls(cfg), cfg
 
@@ -217,6 +267,11 @@ def _learn_from_transformers(config: dict) -> ArchitectureInfo | None:
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    with _offline():
+        return _learn_offline(config)
+
+
+def _learn_offline(config: dict) -> ArchitectureInfo | None:
     cls = _model_class(config)
     if cls is None:
         return None

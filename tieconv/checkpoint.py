@@ -123,6 +123,18 @@ class Checkpoint:
             if dropped not in header.tensors and kept in header.tensors:
                 self.aliases[dropped] = kept
 
+    def check_torch_loadable(self) -> None:
+        """Refuse what cannot become torch tensors as stored (for `load_state_dict`), naming the file."""
+        if self.layout == "gguf":
+            raise UnsupportedCheckpointError(
+                f"{self.path}: GGUF tensors are llama.cpp types (often quantized), not torch tensors; "
+                "load_state_dict reads safetensors and torch checkpoints (inspect, tie and untie read GGUF)")
+        for t in self.tensors.values():
+            if t.key not in self._torch and t.dtype not in TORCH_DTYPE_OF:
+                raise UnsupportedCheckpointError(
+                    f"{self.root / t.file}: tensor {t.key!r} is stored as {t.dtype}, which torch has no dtype for; "
+                    "load it with a library that reads that format")
+
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """`length` stored bytes of `key` from byte `start` (for sampled verification)."""
         info = self.tensors[key]

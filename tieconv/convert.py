@@ -102,12 +102,14 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
 
 def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[str], progress) -> None:
     for f in p.files:
+        (tmp / f.name).parent.mkdir(parents=True, exist_ok=True)  # an index may keep shards in a subfolder
         if f.unchanged_from:
             src_file = ckpt.root / f.unchanged_from
-            if p.link and link_or_copy(src_file, tmp / f.name) == "linked":
+            size = ckpt.file_sizes.get(f.unchanged_from)  # a shard truncated since planning aborts the write
+            if p.link and link_or_copy(src_file, tmp / f.name, size) == "linked":
                 linked.append(f.name)
             elif not p.link:
-                copy_file(src_file, tmp / f.name)
+                copy_file(src_file, tmp / f.name, size)
         else:
             write_safetensors(tmp / f.name, [_entry(ckpt, t) for t in f.tensors], f.metadata)
         progress.update(sum(t.nbytes for t in f.tensors))

@@ -37,6 +37,7 @@ def load_state_dict(path: str | os.PathLike, *, tie: bool | None = None, keep: s
     path = hub.local_path(path)
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
+    ckpt.check_torch_loadable()
     state_dict = _read_all(ckpt)
     v = report.verdict
     if report.head is not None:

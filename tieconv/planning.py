@@ -11,9 +11,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, safe_member
+from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, open_checkpoint, safe_member
 from .errors import OutputError, RefusedError
-from .inspection import inspect
+from .inspection import coerce_flags, inspect_checkpoint
 from .report import Report
 from .writer import shard_name
 
@@ -262,8 +262,10 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
 
     named = str(src)
     src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
-    report = inspect(src, embed=embed, head=head, compare=True)
-    ckpt: Checkpoint = report.checkpoint
+    ckpt: Checkpoint = open_checkpoint(src)
+    coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
+    force = force or bool(coerced)
+    report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
     if action == "tie":
         dropped, added, replaced, flag, nothing, reason = _tie_ops(report, keep, assume_tied, force)
     elif action == "untie":
@@ -288,6 +290,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
         aliases = {k: report.embed.key for k in dropped}  # record `dropped -> kept`, as save_model does
     p.dropped, p.added, p.replaced = sorted(dropped), dict(added), dict(replaced)
     p.config_changes = _config_changes(report, ckpt, flag)
+    p.warnings.extend(coerced)
     p.files = _output_files(ckpt, set(dropped), added, replaced, aliases, fmt)
     p.copied_files = _other_files(ckpt)
     p.output_layout = _output_layout(ckpt, len(p.files), fmt)
