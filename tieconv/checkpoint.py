@@ -336,13 +336,13 @@ def torch_dtype_name(dtype) -> str:
 
 def load_pickle(path: Path, notes: list[str] | None = None) -> Any:
     """`torch.load` with `weights_only=True`, memory-mapped when the file is a zip archive."""
-    torch = _torch()
     import pickle
     import zipfile
 
     from .pickle_scan import check_torch_file
 
-    check_torch_file(path)
+    check_torch_file(path)  # before importing torch: a refusal costs milliseconds
+    torch = _torch()
     mmap = zipfile.is_zipfile(path)
     if not mmap and notes is not None:
         notes.append(f"{path.name} is a legacy (non-zip) pickle: read whole into memory, it cannot be memory-mapped")
