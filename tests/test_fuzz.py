@@ -7,6 +7,7 @@ through the public API.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import tempfile
 import time
@@ -28,19 +29,31 @@ WORK = Path(tempfile.mkdtemp(prefix="tieconv-fuzz-"))
 SLOWEST = {"seconds": 0.0}
 
 
+MAX_RSS_BYTES = 2 << 30  # this process's peak, torch and transformers included: no example may blow it up
+MESSAGE = {"last": ""}
+
+
 def outcome(path) -> str:
+    """Inspect `path`: "report" or "error"; asserts the properties every outcome must have."""
+    import resource
+
     start = time.monotonic()
     try:
         report = tieconv.inspect(path)
         assert report.verdict in ("tied", "duplicated", "untied", "tieable", "conflict", "head-missing",
                                   "embed-missing", "no-head", "undecided")
         result = "report"
+        MESSAGE["last"] = ""
     except TieconvError as exc:
-        assert "\n" not in str(exc).strip()  # one line
+        message = str(exc)
+        assert not re.search(r"[\x00-\x1f\x7f]", message), message  # one line, no control characters
+        assert len(message) < 2000, "a message never carries a file's bulk"
         result = "error"
+        MESSAGE["last"] = message
     elapsed = time.monotonic() - start
     SLOWEST["seconds"] = max(SLOWEST["seconds"], elapsed)
     assert elapsed < 30, "no hang"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < MAX_RSS_BYTES, "memory stays bounded"
     return result
 
 
@@ -125,7 +138,8 @@ ABSURD = st.one_of(JSON, st.sampled_from([10**12, -1, 0, 2**63, 1e308, "1000", [
 
 
 @FUZZ
-@given(changes=st.dictionaries(st.sampled_from(CONFIG_KEYS), ABSURD, max_size=5),
+@given(changes=st.dictionaries(st.sampled_from(CONFIG_KEYS), st.one_of(ABSURD, st.sampled_from(["false", 1, 0, None])),
+                               max_size=5),
        raw=st.one_of(st.none(), st.binary(max_size=40)))
 def test_fuzzed_config(changes, raw):
     folder = WORK / "config"
@@ -139,7 +153,12 @@ def test_fuzzed_config(changes, raw):
         config = json.loads((FIXTURES / "llama-duplicated" / "config.json").read_text())
         config.update(changes)
         (folder / "config.json").write_text(json.dumps(config))
-    outcome(folder)
+    result = outcome(folder)
+    flag = changes.get("tie_word_embeddings", False)
+    if raw is None and not isinstance(flag, bool):
+        # a flag that is not a boolean is never read as absent: the refusal names it and its value
+        assert result == "error" and f"tie_word_embeddings is {json.dumps(flag)[:37]}" in MESSAGE["last"], \
+            MESSAGE["last"]
 
 
 def test_deeply_nested_config(tmp_path):

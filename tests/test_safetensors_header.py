@@ -126,3 +126,37 @@ def test_mutated_headers_end_in_a_report_or_a_corrupt_file_error(flips, cut, ext
         return
     covered = sum(e.nbytes for e in header.tensors.values())
     assert covered == header.data_size
+
+
+def test_cap_is_huggingface_hubs():
+    assert MAX_HEADER_BYTES == 25_000_000  # real headers are a few MB; 100 MB of JSON needs over 1 GB to parse
+
+
+@pytest.mark.parametrize(
+    "header,data,message",
+    [
+        ({"__metadata__": [], "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "__metadata__"),
+        ({"a": {"dtype": "F32", "shape": [2**64, 0], "data_offsets": [0, 0]}}, b"", "invalid shape"),
+        ({"a": {"dtype": "F32", "shape": [2**63, 0], "data_offsets": [0, 0]}}, b"", "invalid shape"),
+        ({"a": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}, b"\0" * 4, "invalid shape"),
+        ({"a\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "surrogate"),
+        ({"__metadata__": {"k": "\udfff"}}, b"", "surrogate"),
+        ({"a": {"dtype": "x" * 10_000, "shape": [1], "data_offsets": [0, 1]}}, b"\0", r"unknown dtype 'x+\.\.\.;"),
+    ],
+)
+def test_round_two_violations_are_refused(tmp_path, header, data, message):
+    path = tmp_path / "bad.safetensors"
+    raw_file(path, header, data)
+    with pytest.raises(CorruptFileError, match=message) as info:
+        read_header(path)
+    assert len(str(info.value)) < 500  # never the file's bulk
+
+
+def test_entries_are_counted_before_parsing(tmp_path, monkeypatch):
+    import tieconv.safetensors_header as sh
+
+    monkeypatch.setattr(sh.json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    entry = '"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    text = ("{" + ",".join(entry % i for i in range(sh.MAX_TENSORS_PER_FILE + 1)) + "}").encode()
+    with pytest.raises(CorruptFileError, match="over the limit of 200000 per file"):
+        parse_header(text, 8 + len(text), "many.safetensors")

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -215,7 +217,8 @@ def learn(config: dict, keys=None) -> ArchitectureInfo | None:
     Never runs remote code.
     """
     if not architecture_name(config):
-        name = _choose_class(config, list(keys or ()))
+        with _offline():  # choosing by keys builds skeletons too
+            name = _choose_class(config, list(keys or ()))
         if name is None:
             return None
         config = {**config, "architectures": [name]}
@@ -325,9 +328,55 @@ def stored_key(expected: str, stored, prefix: str) -> str | None:
     return None
 
 
+# Fields that make transformers fetch or read another model while building this one (RT-DETR,
+# DETR, Mask2Former... name a backbone checkpoint): a skeleton must never touch the network or files
+# outside the model folder, and needs no pretrained weights.
+NETWORK_KEYS = ("backbone", "use_pretrained_backbone", "backbone_kwargs")
+# Fields whose size transformers materialises (num_labels: 30,000,000 builds a 3 GB id2label), useless for tying
+LABEL_KEYS = ("id2label", "label2id")
+
+
+def _sanitised(config: dict) -> dict:
+    """A deep copy of `config` without the fields above, at every level of nesting."""
+    out = copy.deepcopy(config)
+    todo = [out]
+    while todo:
+        d = todo.pop()
+        for key in NETWORK_KEYS + LABEL_KEYS:
+            d.pop(key, None)
+        if "use_timm_backbone" in d:
+            d["use_timm_backbone"] = False
+        if isinstance(d.get("num_labels"), int) and d["num_labels"] > 2:
+            d["num_labels"] = 2
+        todo.extend(v for v in d.values() if isinstance(v, dict))
+    return out
+
+
+_OFFLINE = threading.RLock()
+
+
+@contextmanager
+def _offline():
+    """huggingface_hub offline for the whole process while a skeleton is built.
+
+    Setting HF_HUB_OFFLINE in the environment after huggingface_hub is imported has no effect;
+    its `constants.HF_HUB_OFFLINE` is read at each request, and process-global, so builds that
+    set and restore it hold one lock.
+    """
+    from huggingface_hub import constants
+
+    with _OFFLINE:
+        before = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = before
+
+
 def _reduced(config: dict, tie: bool | None) -> dict:
     """A copy of `config` at depth 1 (and per-layer lists cut to match), flags set to `tie`."""
-    out = copy.deepcopy(config)
+    out = _sanitised(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
         depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 1}
         for key in DEPTH_KEYS:
@@ -338,6 +387,8 @@ def _reduced(config: dict, tie: bool | None) -> dict:
             if isinstance(value, list) and (key in ("layer_types", "mlp_only_layers", "block_types")
                                             or len(value) in depths):
                 d[key] = value[:1]
+            elif key in ("block_sizes", "block_repeats") and isinstance(value, list) and value:
+                d[key] = [1]  # Funnel: one block of one layer
         if tie is not None and d is out:
             d[FLAG] = tie
     if tie is not None:  # every sub-config's flag, so the skeleton shows transformers' full tie map
@@ -363,7 +414,7 @@ def _build_skeleton(cls, config: dict, tie: bool | None = True):
         depths = [v for k, v in config.items() if k in DEPTH_KEYS and isinstance(v, int)]
         if any(d > MAX_FULL_DEPTH for d in depths):
             raise
-        cfg = cls.config_class.from_dict({**config, FLAG: True} if tie else config)
+        cfg = cls.config_class.from_dict({**_sanitised(config), FLAG: True} if tie else _sanitised(config))
         with torch.device("meta"):
             return cls(cfg), cfg
 
@@ -375,6 +426,11 @@ def _learn_from_transformers(config: dict, cls=None) -> ArchitectureInfo | None:
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    with _offline():
+        return _learn_offline(config, cls)
+
+
+def _learn_offline(config: dict, cls=None) -> ArchitectureInfo | None:
     cls = cls or _model_class(config)
     if cls is None:
         return None
@@ -466,7 +522,7 @@ def _forward_changes(cls, config: dict, owner: str) -> str | None:
     import torch
 
     try:
-        doc = tiny_config_dict(config)
+        doc = tiny_config_dict(_reduced(config, None))  # sanitised and one layer deep, as every build here
         on = cls.config_class.from_dict(_with_flag(doc, True, owner))
         off = cls.config_class.from_dict(_with_flag(doc, False, owner))
         torch.manual_seed(0)

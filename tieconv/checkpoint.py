@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,14 @@ from .errors import CorruptFileError, InputError, UnsafePickleError, Unsupported
 from .safetensors_header import read_header
 
 CHUNK_BYTES = 16 << 20
-MAX_JSON_BYTES = 64 << 20  # config and index files are kilobytes; refuse absurd ones before parsing
+# Limits that real checkpoints never approach, checked before the expensive step (README, Guarantees).
+# Configs are kilobytes (one with 22k ImageNet labels is 1.6 MB); indexes are about 100 bytes per tensor.
+MAX_CONFIG_BYTES = 16 << 20  # config.json, params.json, adapter_config.json, modules.json
+MAX_CONFIG_VALUES = 200_000  # JSON values in one config: transformers copies and walks every one
+MAX_INDEX_BYTES = 64 << 20
+MAX_JSON_DEPTH = 64  # real configs nest 3 or 4 levels; 900 levels break json.dumps and transformers
+MAX_SHARDS = 4096  # per index (the largest public models have a few hundred)
+MAX_TENSORS = 1_000_000  # per checkpoint (the largest public MoE models have about 150,000)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -60,6 +68,7 @@ class Checkpoint:
     aliases: dict[str, str] = field(default_factory=dict)  # dropped key -> kept key
     notes: list[str] = field(default_factory=list)
     file_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # safetensors __metadata__
+    file_sizes: dict[str, int] = field(default_factory=dict)  # bytes of each safetensors file when it was read
     _torch: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> tensor, for pickles
     _remote: Any = field(default=None, repr=False)  # hub.RemoteFiles, for Hub repos read over HTTP
     _pickles: dict[str, Any] = field(default_factory=dict, repr=False)  # file -> the whole loaded object
@@ -97,6 +106,10 @@ class Checkpoint:
 
     def add_safetensors_header(self, name: str, header, where: str) -> None:
         """Record the tensors of one safetensors file (local or remote) named `name`."""
+        if len(self.tensors) + len(header.tensors) > MAX_TENSORS:
+            raise CorruptFileError(f"{where}: the checkpoint holds over {MAX_TENSORS} tensors, far more than "
+                                   "any real model; refusing it")
+        self.file_sizes[name] = header.data_start + header.data_size
         for key, entry in header.tensors.items():
             if key in self.tensors:
                 raise CorruptFileError(f"{where}: key {key!r} is also stored in {self.tensors[key].file}")
@@ -110,6 +123,18 @@ class Checkpoint:
             # safetensors' save_model and tieconv.save record dropped shared names as `dropped -> kept`
             if dropped not in header.tensors and kept in header.tensors:
                 self.aliases[dropped] = kept
+
+    def check_torch_loadable(self) -> None:
+        """Refuse what cannot become torch tensors as stored (for `load_state_dict`), naming the file."""
+        if self.layout == "gguf":
+            raise UnsupportedCheckpointError(
+                f"{self.path}: GGUF tensors are llama.cpp types (often quantized), not torch tensors; "
+                "load_state_dict reads safetensors and torch checkpoints (inspect, tie and untie read GGUF)")
+        for t in self.tensors.values():
+            if t.key not in self._torch and t.dtype not in TORCH_DTYPE_OF:
+                raise UnsupportedCheckpointError(
+                    f"{self.root / t.file}: tensor {t.key!r} is stored as {t.dtype}, which torch has no dtype for; "
+                    "load it with a library that reads that format")
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """`length` stored bytes of `key` from byte `start` (for sampled verification)."""
@@ -150,23 +175,73 @@ def _torch():
     return torch
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Read a small JSON file strictly; errors name the file."""
+def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES,
+              max_values: int | None = MAX_CONFIG_VALUES) -> Any:
+    """Read a small JSON file strictly; errors name the file and never quote its content.
+
+    Refused before parsing: more than `max_bytes`. After parsing (an iterative walk, so a deep
+    document cannot exhaust the stack): nesting deeper than MAX_JSON_DEPTH, more than `max_values`
+    values, strings no UTF-8 file can hold (lone surrogates, which JSON's \\u escapes allow).
+    """
     try:
         size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise CorruptFileError(f"{path}: {size} bytes is far too large for a {what}; refusing to parse it")
+        if size > max_bytes:
+            raise CorruptFileError(f"{path}: {size} bytes is far too large for a {what} (limit {max_bytes}); "
+                                   "refusing to parse it")
         with open(path, "rb") as f:
-            raw = f.read()
-        return json.loads(raw.decode("utf-8"))
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise CorruptFileError(f"{path}: over {max_bytes} bytes, far too large for a {what}; refusing to parse it")
+        doc = json.loads(raw.decode("utf-8"))
     except CorruptFileError:
         raise
     except RecursionError:
-        raise CorruptFileError(f"{path}: {what} JSON is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: {what} is not valid UTF-8 JSON ({exc}); fix or re-download it") from None
+        raise CorruptFileError(f"{path}: {what} JSON is nested too deeply (limit {MAX_JSON_DEPTH} levels)") from None
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{path}: {what} is not UTF-8 (byte {exc.start}); fix or re-download it") from None
+    except ValueError as exc:
+        # JSONDecodeError's message names the position only; other ValueErrors may quote the text
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CorruptFileError(f"{path}: {what} is not valid JSON{where}; fix or re-download it") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    _check_json_shape(doc, path, what, max_values)
+    return doc
+
+
+def _check_json_shape(doc: Any, path: Path, what: str, max_values: int | None) -> None:
+    stack = [(doc, 1)]
+    values = 0
+    while stack:
+        value, depth = stack.pop()
+        values += 1
+        if depth > MAX_JSON_DEPTH:
+            raise CorruptFileError(f"{path}: {what} nests deeper than {MAX_JSON_DEPTH} levels; refusing it")
+        if max_values is not None and values > max_values:
+            raise CorruptFileError(f"{path}: {what} holds over {max_values} values, far more than a real one; "
+                                   "refusing it")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_string(key, path, what)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            _check_string(value, path, what)
+
+
+def _check_string(value: str, path: Path, what: str) -> None:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorruptFileError(f"{path}: {what} holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                                   "text; fix the file") from None
+
+
+def read_member_json(root: Path, name: str, what: str, **limits) -> Any:
+    """`read_json` of the file `name` in the model folder `root`, under the same containment rule as shards."""
+    return read_json(safe_member(root, name, what), what, **limits)
 
 
 def _in_hf_cache_repo(root: Path, target: Path) -> bool:
@@ -219,14 +294,24 @@ def _add_safetensors_file(ckpt: Checkpoint, name: str, expected: set[str] | None
     ckpt.add_safetensors_header(name, header, str(path))
 
 
+def read_index_doc(root: Path, name: str) -> Any:
+    """The parsed index file `name` of the folder `root` (contained, size-limited)."""
+    return read_member_json(root, name, "index", max_bytes=MAX_INDEX_BYTES, max_values=None)
+
+
 def _read_index(root: Path, name: str) -> dict[str, list[str]]:
-    doc = read_json(root / name, "index")
+    where = root / name
+    doc = read_index_doc(root, name)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CorruptFileError(f"{root / name}: index has no valid weight_map; re-download the checkpoint")
+        raise CorruptFileError(f"{where}: index has no valid weight_map; re-download the checkpoint")
+    if len(weight_map) > MAX_TENSORS:
+        raise CorruptFileError(f"{where}: index names {len(weight_map)} tensors, over the limit of {MAX_TENSORS}")
     by_file: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
         by_file.setdefault(shard, []).append(key)
+    if len(by_file) > MAX_SHARDS:
+        raise CorruptFileError(f"{where}: index names {len(by_file)} shards, over the limit of {MAX_SHARDS}")
     for shard in by_file:  # validate every name before opening any: once per shard, not per tensor
         safe_member(root, shard, f"index {name}")
     return by_file
@@ -252,10 +337,13 @@ def torch_dtype_name(dtype) -> str:
 
 def load_pickle(path: Path, notes: list[str] | None = None) -> Any:
     """`torch.load` with `weights_only=True`, memory-mapped when the file is a zip archive."""
-    torch = _torch()
     import pickle
     import zipfile
 
+    from .pickle_scan import check_torch_file
+
+    check_torch_file(path)  # before importing torch: a refusal costs milliseconds
+    torch = _torch()
     mmap = zipfile.is_zipfile(path)
     if not mmap and notes is not None:
         notes.append(f"{path.name} is a legacy (non-zip) pickle: read whole into memory, it cannot be memory-mapped")
@@ -302,6 +390,28 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
     raise InputError(f"{path}: holds no state dict of tensors (looked at the top level and {NESTED_STATE_DICT_KEYS})")
 
 
+EXPANDED_VIEW_BYTES = 16 << 20  # a broadcast view may claim more than its storage, up to this much
+
+
+def _check_plain_tensor(path: Path, key: str, t) -> None:
+    """Refuse tensors tieconv cannot stream as bytes, before anything asks for their size or bytes.
+
+    A view with stride 0 claims more elements than its storage holds (a 2 KB file can claim 4 TiB):
+    materialising it to learn or copy its bytes would allocate all of them.
+    """
+    torch = _torch()
+    kind = ("sparse" if t.layout != torch.strided else "nested" if t.is_nested
+            else "quantized" if t.is_quantized else f"on the {t.device.type} device" if t.device.type != "cpu" else "")
+    if kind:
+        raise UnsupportedCheckpointError(f"{path}: tensor {key!r} is {kind}; tieconv reads plain dense CPU tensors "
+                                         "(save it with .to_dense() / .cpu() / real values)")
+    claimed = t.numel() * t.element_size()
+    held = t.untyped_storage().nbytes()
+    if claimed > max(held, EXPANDED_VIEW_BYTES):
+        raise CorruptFileError(f"{path}: tensor {key!r} claims {claimed} bytes over a storage of {held} "
+                               "(a stride-0 or overlapping view); refusing to materialise it")
+
+
 def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
     path = safe_member(ckpt.root, name, "the index")
     if not path.is_file():
@@ -311,9 +421,12 @@ def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
     state_dict, nested = _find_state_dict(obj, path)
     if nested:
         ckpt.notes.append(f"{name}: state dict read from the training checkpoint's {nested!r} entry")
+    if len(ckpt.tensors) + len(state_dict) > MAX_TENSORS:
+        raise CorruptFileError(f"{path}: the checkpoint holds over {MAX_TENSORS} tensors; refusing it")
     for key, t in state_dict.items():
         if key in ckpt.tensors:
             raise CorruptFileError(f"{path}: key {key!r} is also stored in {ckpt.tensors[key].file}")
+        _check_plain_tensor(path, key, t)
         storage = (name, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.stride()), tuple(t.shape))
         ckpt.tensors[key] = StoredTensor(
             key, torch_dtype_name(t.dtype), tuple(t.shape), t.numel() * t.element_size(), name, storage
@@ -323,6 +436,8 @@ def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
 
 
 # ---------------------------------------------------------------- entry point
+
+_NAME = re.compile(r"[\w.\-/~]+")  # a repo id or a path, as PEFT writes base_model_name_or_path
 
 LOOKED_FOR = (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, BIN_INDEX, BIN_SINGLE, "a single *.safetensors / *.bin / *.pt / *.pth")
 
@@ -362,6 +477,7 @@ def _open_file(path: Path) -> Checkpoint:
         _add_torch_file(ckpt, name)
         params = root / "params.json"
         if params.is_file():
+            safe_member(root, "params.json", "folder")  # read later; a link out of the folder is refused now
             ckpt.config_file = "params.json"
             ckpt.notes.append("params.json found beside the file (Meta/TorchChat layout)")
         return ckpt
@@ -381,22 +497,24 @@ def _open_file(path: Path) -> Checkpoint:
     raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth, .gguf or a model folder")
 
 
-def _open_folder(root: Path) -> Checkpoint:
+def _open_folder(root: Path, _inside_modules: bool = False) -> Checkpoint:
     if (root / "adapter_config.json").is_file() and not any(
         (root / n).is_file() for n in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX, BIN_SINGLE, BIN_INDEX)
     ):
-        adapter = read_json(root / "adapter_config.json", "adapter config")
+        adapter = read_member_json(root, "adapter_config.json", "adapter config")
         base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+        # the base model is named only when it looks like a repo id or a path: never quote other content
+        named = isinstance(base, str) and len(base) <= 200 and _NAME.fullmatch(base)
         raise UnsupportedCheckpointError(
             f"{root}: is a PEFT adapter, which holds no full embedding or head; inspect the base model"
-            + (f" ({base})" if isinstance(base, str) and base else "")
+            + (f" ({base})" if named else "")
             + " or merge the adapter first"
         )
     config = None
     config_file = None
     if (root / "config.json").is_file():
         config_file = "config.json"
-        config = read_json(safe_member(root, "config.json", "folder"), "config")
+        config = read_member_json(root, "config.json", "config")
         if not isinstance(config, dict):
             raise CorruptFileError(f"{root / 'config.json'}: config is not a JSON object")
 
@@ -427,12 +545,15 @@ def _open_folder(root: Path) -> Checkpoint:
         _add_torch_file(ckpt, BIN_SINGLE)
         return ckpt
     # Sentence-transformers: the transformer module may live in a subfolder named by modules.json.
-    if (root / "modules.json").is_file():
-        modules = read_json(root / "modules.json", "modules.json")
+    if (root / "modules.json").is_file() and not _inside_modules:
+        modules = read_member_json(root, "modules.json", "modules.json")
         for module in modules if isinstance(modules, list) else []:
             sub = module.get("path") if isinstance(module, dict) else None
             if isinstance(sub, str) and sub and (root / sub / "config.json").is_file():
-                inner = _open_folder(safe_member(root, sub, "modules.json"))
+                folder = safe_member(root, sub, "modules.json")
+                if folder.resolve() == root.resolve():
+                    continue  # a module at "." is the folder itself, already looked at above
+                inner = _open_folder(folder, _inside_modules=True)
                 inner.path = root
                 inner.notes.append(f"sentence-transformers folder: model read from {sub}/")
                 return inner

@@ -143,13 +143,14 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
 
 def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[str], progress) -> None:
     for f in p.files:
-        (tmp / f.name).parent.mkdir(parents=True, exist_ok=True)  # index shards may live in subfolders
+        (tmp / f.name).parent.mkdir(parents=True, exist_ok=True)  # an index may keep shards in a subfolder
         if f.unchanged_from:
             src_file = ckpt.root / f.unchanged_from
-            if p.link and link_or_copy(src_file, tmp / f.name) == "linked":
+            size = ckpt.file_sizes.get(f.unchanged_from)  # a shard truncated since planning aborts the write
+            if p.link and link_or_copy(src_file, tmp / f.name, size) == "linked":
                 linked.append(f.name)
             elif not p.link:
-                copy_file(src_file, tmp / f.name)
+                copy_file(src_file, tmp / f.name, size)
         else:
             write_safetensors(tmp / f.name, [_entry(ckpt, t) for t in f.tensors], f.metadata)
         progress.update(sum(t.nbytes for t in f.tensors))
@@ -174,11 +175,11 @@ def _entry(ckpt: Checkpoint, t: PlannedTensor) -> WriteEntry:
 
 
 def _index_text(ckpt: Checkpoint, p: Plan) -> str:
-    from .checkpoint import read_json
+    from .checkpoint import read_index_doc
 
     old = {}
     if (ckpt.root / SAFETENSORS_INDEX).is_file():
-        doc = read_json(ckpt.root / SAFETENSORS_INDEX, "index")
+        doc = read_index_doc(ckpt.root, SAFETENSORS_INDEX)
         old = dict(doc.get("metadata") or {}) if isinstance(doc.get("metadata"), dict) else {}
     meta = {**old, "total_size": p.bytes_after}
     if "total_parameters" in old:

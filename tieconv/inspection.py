@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 from . import architecture as arch
-from .checkpoint import Checkpoint, open_checkpoint, read_json
+from .checkpoint import Checkpoint, open_checkpoint, read_member_json
 from .compare import bytes_identical, equal_after_cast
 from .errors import InputError, TieconvError, UnsupportedCheckpointError
 from .names import find_pair
@@ -60,10 +61,74 @@ def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | No
 
 
 def inspect_checkpoint(ckpt: Checkpoint, *, embed=None, head=None, compare=True) -> Report:
+    check_flag_types(ckpt.config, ckpt.root / (ckpt.config_file or "config.json"))
     notes = list(ckpt.notes)
     check_overrides(ckpt, embed, head)
     names = resolve_names(ckpt, notes, embed, head)
     return _decide(ckpt, names, notes, compare)
+
+
+# ---------------------------------------------------------------- flags that are not booleans
+
+_SPELLINGS = {"true": True, "false": False}
+
+
+def _non_boolean_flags(config) -> list[tuple[str, dict, str]]:
+    """(field as written, the dict holding it, its key) for each tie flag that is not a JSON boolean."""
+    found = []
+    if isinstance(config, dict):
+        holders = [("", config)] + [(f"{k}.", v) for k, v in config.items() if k.endswith("_config") and isinstance(v, dict)]
+        for prefix, holder in holders:
+            if arch.FLAG in holder and not isinstance(holder[arch.FLAG], bool):
+                found.append((prefix + arch.FLAG, holder, arch.FLAG))
+    return found
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    kind = {str: "a string", int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return shown if value is None else f"{shown} ({kind})"
+
+
+def check_flag_types(config, where) -> None:
+    """Refuse a tie flag that is not a JSON boolean: never read it as absent, nor guess what it means.
+
+    transformers 5 refuses such a config (StrictDataclassFieldValidationError), while loaders that
+    test truthiness tie with "false" and 1.
+    """
+    for field, holder, key in _non_boolean_flags(config):
+        raise InputError(
+            f"{where}: {field} is {_shown(holder[key])}, not true or false: transformers refuses to load this config "
+            "and other loaders read it as they please; write a boolean, or let `tieconv tie`/`untie` write one")
+
+
+def coerce_flags(ckpt: Checkpoint) -> list[str]:
+    """For tie/untie: replace each non-boolean flag in `ckpt.config` by the boolean it spells ("false", 0...).
+
+    Returns one message per flag for the plan; a value that spells no boolean is refused.
+    """
+    messages = []
+    where = ckpt.root / (ckpt.config_file or "config.json")
+    for field, holder, key in _non_boolean_flags(ckpt.config):
+        value = holder[key]
+        if isinstance(value, str) and value.strip().lower() in _SPELLINGS:
+            reading = _SPELLINGS[value.strip().lower()]
+        elif type(value) is int and value in (0, 1):
+            reading = bool(value)
+        elif value is None:
+            reading = None
+        else:
+            raise InputError(f"{where}: {field} is {_shown(value)}, which spells no boolean; write true or false")
+        if reading is None:
+            del holder[key]
+            messages.append(f"{field} was null, which transformers refuses: read as absent; the output's config "
+                            "holds a boolean")
+        else:
+            holder[key] = reading
+            messages.append(f"{field} was {_shown(value)}, which transformers refuses: read as "
+                            f"{json.dumps(reading)}; the output's config holds a boolean")
+    return messages
 
 
 # ---------------------------------------------------------------- names and flag
@@ -208,7 +273,8 @@ def _flag_without_architecture(ckpt: Checkpoint) -> TieFlag:
     config = ckpt.config
     source_file = ckpt.config_file
     if config is None and ckpt.config_file == "params.json":
-        config = read_json(ckpt.root / "params.json", "params.json")
+        config = read_member_json(ckpt.root, "params.json", "params.json")
+        check_flag_types(config, ckpt.root / "params.json")
     if isinstance(config, dict):
         top = config.get(arch.FLAG)
         text_cfg = config.get("text_config")

@@ -46,6 +46,7 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
     path = hub.local_path(path)  # type: ignore[no-untyped-call,unused-ignore]  # hub.py not yet annotated
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
+    ckpt.check_torch_loadable()
     state_dict = _read_all(ckpt)
     v = report.verdict
     if report.head is not None:

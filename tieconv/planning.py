@@ -11,9 +11,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, safe_member
+from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, open_checkpoint, safe_member
 from .errors import OutputError, RefusedError
-from .inspection import inspect
+from .inspection import coerce_flags, inspect_checkpoint
 from .report import Report
 from .writer import LOCK_MARK, TMP_MARK, shard_name
 
@@ -437,8 +437,10 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
 
     named = str(src)
     src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
-    report = inspect(src, embed=embed, head=head, compare=True)
-    ckpt: Checkpoint = report.checkpoint
+    ckpt: Checkpoint = open_checkpoint(src)
+    coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
+    force = force or bool(coerced)
+    report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
     is_file, fmt = output_kind(ckpt, str(dst))
     left_out = _check_carriable(ckpt, fmt, drop_optimizer)
     if action == "tie":
@@ -462,6 +464,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     if action == "untie":
         p.separated = _shared_targets(report)
     p.config_changes = _config_changes(report, ckpt, flag)
+    p.warnings.extend(coerced)
     p.weights_folder = weights_folder(ckpt)
     p.files = _output_files(ckpt, set(dropped), added, replaced, aliases, fmt,
                             Path(str(dst)).name if is_file else None)

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from .errors import CorruptFileError
 
-MAX_HEADER_BYTES = 100_000_000  # the reference reader's cap
+# Limits that real checkpoints never approach, checked before the JSON is parsed: the reference
+# reader allows 100 MB, but parsing that much JSON takes over a gigabyte of memory; huggingface_hub's
+# reader stops at 25 MB, and real headers are a few MB (about 100 bytes per tensor).
+MAX_HEADER_BYTES = 25_000_000
+MAX_TENSORS_PER_FILE = 200_000
+MAX_DIM = 2**63 - 1  # torch and numpy index with signed 64-bit integers
+MAX_NDIM = 64  # numpy's limit; also keeps the size product cheap
 
 # Bits per element; sub-byte float formats pack several elements per byte.
 DTYPE_BITS = {
@@ -61,6 +67,24 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _short(value, limit: int = 80) -> str:
+    """repr() of a value taken from the file, cut so that no message carries a file's bulk."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _encodable(names: dict) -> bool:
+    """False when a key or value holds a lone surrogate (JSON escapes allow `\\ud800`; UTF-8 cannot)."""
+    try:
+        for key, value in names.items():
+            key.encode("utf-8")
+            if isinstance(value, str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
     """Validate the JSON header bytes `raw` of a file of `file_size` bytes."""
 
@@ -73,6 +97,11 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         raise bad(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not text.lstrip().startswith("{"):
         raise bad("header is not a JSON object")
+    # an upper bound on the entries (the field name can only be quoted once per entry, or in a name):
+    # counted in C, so a header of a million empty tensors is refused before it costs a gigabyte to parse
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS_PER_FILE:
+        raise bad(f"about {entries} tensors, over the limit of {MAX_TENSORS_PER_FILE} per file")
     try:
         doc = json.loads(text, object_pairs_hook=_reject_duplicates)
     except RecursionError:
@@ -84,48 +113,52 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
 
     data_start = 8 + len(raw)
     data_size = file_size - data_start
-    metadata = doc.pop("__metadata__", None) or {}
+    metadata = doc.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise bad("__metadata__ must map strings to strings")
+    if not _encodable(metadata) or not _encodable(doc):
+        raise bad("a name holds a lone UTF-16 surrogate, which no UTF-8 file can hold")
 
     tensors: dict[str, HeaderEntry] = {}
     for name, info in doc.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise bad(f"entry {name!r} must have exactly dtype, shape and data_offsets")
+            raise bad(f"entry {_short(name)} must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-            raise bad(f"entry {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise bad(f"entry {name!r} has an invalid shape {shape!r}")
+            raise bad(f"entry {_short(name)} has unknown dtype {_short(dtype)}")
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+            raise bad(f"entry {_short(name)} has an invalid shape {_short(shape)}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(_is_int(o) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise bad(f"entry {name!r} has invalid data_offsets {offsets!r}")
+            raise bad(f"entry {_short(name)} has invalid data_offsets {_short(offsets)}")
         numel = 1
         for dim in shape:
             numel *= dim
         bits = numel * DTYPE_BITS[dtype]
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
             raise bad(
-                f"entry {name!r}: {dtype} {shape} needs {bits / 8:g} bytes "
+                f"entry {_short(name)}: {dtype} {_short(shape)} needs {bits / 8:g} bytes "
                 f"but data_offsets span {offsets[1] - offsets[0]}"
             )
         if offsets[1] > data_size:
-            raise bad(f"entry {name!r} ends at byte {offsets[1]}, past the data ({data_size} bytes)")
+            raise bad(f"entry {_short(name)} ends at byte {offsets[1]}, past the data ({data_size} bytes)")
         tensors[name] = HeaderEntry(dtype, tuple(shape), offsets[0], offsets[1])
 
     # The entries, sorted by offset, must tile the buffer exactly.
     position = 0
     for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin < position:
-            raise bad(f"entry {name!r} overlaps the previous tensor")
+            raise bad(f"entry {_short(name)} overlaps the previous tensor")
         if entry.begin > position:
-            raise bad(f"a hole of {entry.begin - position} bytes before entry {name!r}")
+            raise bad(f"a hole of {entry.begin - position} bytes before entry {_short(name)}")
         position = entry.end
     if position != data_size:
         raise bad(f"{data_size - position} bytes after the last tensor belong to no entry")

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import TieconvError
+from .errors import InputError, TieconvError
 from .report import PROBLEM_VERDICTS, human_bytes
 
 MODEL_FOLDER_MARKERS = (
@@ -68,7 +68,7 @@ def find_checkpoints(root: Path) -> list[tuple[str, Path]]:
         if here.name.startswith("models--") and (here / "snapshots").is_dir():
             repo = here.name[len("models--"):].replace("--", "/")
             for rev in sorted((here / "snapshots").iterdir()):
-                if rev.is_dir():
+                if rev.is_dir():  # a snapshot linked out of the cache is listed, then refused by scan()
                     found.append((f"{repo}@{rev.name[:8]}", rev))
             dirnames.clear()
             continue
@@ -84,6 +84,14 @@ def find_checkpoints(root: Path) -> list[tuple[str, Path]]:
                 path = here / name
                 found.append((str(path.relative_to(root)), path))
     return found
+
+
+def _refuse_snapshot_link(path: Path) -> None:
+    """A cache snapshot folder that is a link leaving its repo is never followed."""
+    if path.is_symlink() and path.parent.name == "snapshots":
+        repo = path.parent.parent.resolve()
+        if not path.resolve().is_relative_to(repo):
+            raise InputError(f"{path}: is a link to {path.resolve()}, outside the cache; not followed")
 
 
 def scan(roots=None, *, compare: bool = True) -> ScanResult:
@@ -109,6 +117,7 @@ def scan(roots=None, *, compare: bool = True) -> ScanResult:
     with bar(len(targets), "scanning", unit="model") as progress:
         for name, path in targets:
             try:
+                _refuse_snapshot_link(path)
                 report = inspect(path, compare=compare)
                 result.rows.append(ScanRow(name, str(path), report.verdict, report.layout, report.bytes.total,
                                            report.reclaimable_bytes))

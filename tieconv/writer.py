@@ -115,15 +115,18 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
         remaining -= len(chunk)
 
 
-def link_or_copy(src: Path, dst: Path) -> str:
+def link_or_copy(src: Path, dst: Path, expected_size: int | None = None) -> str:
     """Hard-link `src` at `dst` ("linked"), or copy it where links cannot cross filesystems ("copied")."""
+    if expected_size is not None and os.stat(src).st_size != expected_size:
+        raise OutputError(f"{src}: changed during the conversion (now {os.stat(src).st_size} bytes, "
+                          f"{expected_size} when it was read); nothing was written")
     try:
         os.link(src, dst, follow_symlinks=True)
         return "linked"
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-    copy_file(src, dst)
+    copy_file(src, dst, expected_size)
     return "copied"
 
 
@@ -140,9 +143,14 @@ def write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def copy_file(src: Path, dst: Path) -> None:
+def copy_file(src: Path, dst: Path, expected_size: int | None = None) -> None:
+    """Copy `src` whole; `expected_size` (the size the plan was made from) must still be its size."""
     with open(src, "rb") as fin, _open_new(dst) as fout:
-        copy_range(fin.fileno(), fout.fileno(), 0, os.fstat(fin.fileno()).st_size)
+        size = os.fstat(fin.fileno()).st_size
+        if expected_size is not None and size != expected_size:
+            raise OutputError(f"{src}: is {size} bytes now, {expected_size} when it was read: it changed during "
+                              "the conversion; nothing was written")
+        copy_range(fin.fileno(), fout.fileno(), 0, size)
         os.fsync(fout.fileno())
 
 
