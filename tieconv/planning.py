@@ -232,6 +232,8 @@ def _other_files(ckpt: Checkpoint) -> list[str]:
     """Small files to carry over (tokenizer, generation config...): top-level regular files inside the folder."""
     if ckpt.layout in ("safetensors-file",) or (ckpt.layout == "torch-file" and ckpt.path.is_file()):
         return []
+    if ckpt._remote is not None:  # a Hub repo read over HTTP (a dry run): the files its listing names
+        return list(ckpt._remote.small_files)
     skip = set(ckpt.files) | {SAFETENSORS_INDEX, BIN_INDEX, "config.json"}
     out = []
     for entry in sorted(os.listdir(ckpt.root)):
@@ -245,8 +247,11 @@ def _other_files(ckpt: Checkpoint) -> list[str]:
 
 def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
          embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
-         format: str | None = None) -> tuple[Plan, Report]:
+         format: str | None = None, download: bool = True) -> tuple[Plan, Report]:
     """Compute what `tie` or `untie` would do, without writing anything.
+
+    A Hub repo is downloaded into the cache first; with `download=False` it is planned from its
+    headers (and, where the verdict needs it, the two tensors' byte ranges) without any download.
 
     Example:
         >>> import tieconv
@@ -261,7 +266,8 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     from . import hub
 
     named = str(src)
-    src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
+    if download:
+        src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
     report = inspect(src, embed=embed, head=head, compare=True)
     ckpt: Checkpoint = report.checkpoint
     if action == "tie":
