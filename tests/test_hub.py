@@ -362,7 +362,7 @@ def test_a_llama_shaped_repo_costs_its_headers_or_the_two_tensors(hub, tmp_path,
     assert tied["downloaded_bytes"] == config + (src / "tied" / "model.safetensors.index.json").stat().st_size + sum(
         _header_bytes(p) for p in tied_files.values())
     dup = json.loads(tieconv(["inspect", "org/llama-duplicated", "--json"], endpoint=hub, home=tmp_path / "hf2",
-                             xdg=tmp_path / "xdg2", check=True).stdout)
+                             xdg=xdg, check=True).stdout)
     headers = sum(_header_bytes(p) for p in dup_files.values())
     index = (src / "dup" / "model.safetensors.index.json").stat().st_size
     assert dup["verdict"] == "duplicated"
@@ -404,3 +404,17 @@ def test_local_path_wins(hub, tmp_path):
     doc = json.loads(out.stdout)
     assert doc["verdict"] == "tied" and doc["layout"] == "hf-safetensors"
     assert any("local path was used" in n for n in doc["notes"])
+
+
+# ---------------------------------------------------------------- 6. many repos at once
+
+
+def test_scan_takes_repo_ids_mixed_with_folders(hub, tmp_path, xdg):
+    result = tieconv(["scan", "org/tiny-tied", "org/tiny-sharded", "org/nope", FIXTURES / "llama-duplicated", "--json"],
+                     endpoint=hub, home=tmp_path / "hf", xdg=xdg, check=True)
+    rows = {r["name"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows["org/tiny-tied"]["verdict"] == "tied" and rows["org/tiny-tied"]["layout"] == "hub"
+    assert rows["org/tiny-sharded"]["verdict"] == "undecided"  # header-only: not compared
+    assert rows["llama-duplicated"]["verdict"] == "duplicated"
+    assert rows["org/nope"]["verdict"] == "unreadable" and "org/nope@main" in rows["org/nope"]["error"]
+    assert not list((tmp_path / "hf").rglob("*.safetensors"))
