@@ -104,14 +104,15 @@ http {{
     proxy_read_timeout 600s;
     proxy_force_ranges on;
     # file contents: served from the store (Range honoured, 206), fetched from olah once on a miss
-    location ~ ^/[^/]+/[^/]+/resolve/ {{
+    # (stored by repo and file name, whatever the revision: each test repo has one commit)
+    location ~ ^/(?<repo>[^/]+/[^/]+)/resolve/[^/]+/(?<file>.+)$ {{
       if ($request_method = HEAD) {{ return 418; }}
       error_page 418 = @olah;
-      try_files $uri @store;
+      try_files /$repo/$file @store;
     }}
     location @store {{
       proxy_pass http://127.0.0.1:{upstream};
-      proxy_store on;
+      proxy_store {base}/store/$repo/$file;
     }}
     # HEAD (ETag, X-Repo-Commit, size) and the API: olah, cached
     location @olah {{
@@ -130,18 +131,17 @@ http {{
 
 
 def _warm(endpoint: str, repo: str, folder: Path) -> None:
-    """Fetch each file once (at `main` and at its commit) so nginx's store holds it, as a CDN would.
+    """Fetch each file once so nginx's store holds it, as a CDN would.
 
     olah's GET answers carry no Content-Length, and nginx honours ranges only on answers whose
     length it knows: static files in its store.  After this, every file read is a range read.
     """
     files = subprocess.run(["git", "ls-files"], cwd=folder, check=True, capture_output=True,
                            text=True).stdout.split()
-    for revision in ("main", repo_commit(folder)):
-        for name in files:
-            with urllib.request.urlopen(f"{endpoint}/{repo}/resolve/{revision}/{name}", timeout=600) as r:
-                while r.read(1 << 20):
-                    pass
+    for name in files:
+        with urllib.request.urlopen(f"{endpoint}/{repo}/resolve/main/{name}", timeout=600) as r:
+            while r.read(1 << 20):
+                pass
 
 
 @contextlib.contextmanager

@@ -272,8 +272,8 @@ def untie(src, dst, *, force: bool = False, dry_run: bool = False, embed: str | 
 def _run(action, src, dst, *, dry_run, verify, **options) -> ConversionResult:
     start = time.monotonic()
     p, report = plan(action, src, dst, download=False, **options)  # a Hub repo: from its headers
-    if not (p.nothing_to_do or dry_run) and report.checkpoint._remote is not None:
-        p, report = plan(action, src, dst, **options)  # now download what the plan needs
+    if not (p.nothing_to_do or dry_run) and report.layout == "hub":
+        p, report = plan(action, src, dst, **options)  # now download what the plan needs, and plan from the files
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
                                 report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings))
