@@ -418,3 +418,7 @@ def test_scan_takes_repo_ids_mixed_with_folders(hub, tmp_path, xdg):
     assert rows["llama-duplicated"]["verdict"] == "duplicated"
     assert rows["org/nope"]["verdict"] == "unreadable" and "org/nope@main" in rows["org/nope"]["error"]
     assert not list((tmp_path / "hf").rglob("*.safetensors"))
+    # a comparison an earlier inspect made is remembered with the headers, and the scan uses it
+    tieconv(["inspect", "org/tiny-sharded"], endpoint=hub, home=tmp_path / "hf", xdg=xdg, check=True)
+    again = tieconv(["scan", "org/tiny-sharded", "--json"], endpoint=hub, home=tmp_path / "hf", xdg=xdg, check=True)
+    assert json.loads(again.stdout)["rows"][0]["verdict"] == "untied"

@@ -107,7 +107,7 @@ def test_scan_reads_hub_repos_with_bounded_concurrency(tmp_path, monkeypatch):
             active[0] -= 1
         if ref.repo == "org/missing":
             raise tieconv.errors.InputError("no Hub repo org/missing@main")
-        return open_checkpoint(FIXTURES / "llama-duplicated"), hub.DownloadCounter()
+        return open_checkpoint(FIXTURES / "llama-tied"), hub.DownloadCounter()
 
     monkeypatch.setattr(hub, "open_repo", open_repo)
     repos = [f"org/m{i}" for i in range(20)] + ["org/missing"]
@@ -116,6 +116,5 @@ def test_scan_reads_hub_repos_with_bounded_concurrency(tmp_path, monkeypatch):
     seconds = time.monotonic() - start
     assert peak[0] == scanning.HUB_CONCURRENCY and seconds < 21 * 0.2  # concurrent, but never more than the bound
     verdicts = {r.name: r.verdict for r in result.rows}
-    # header-only: the duplicated copies are not compared
-    assert all(verdicts[f"org/m{i}"] == "undecided" for i in range(20)) and verdicts["org/missing"] == "unreadable"
+    assert all(verdicts[f"org/m{i}"] == "tied" for i in range(20)) and verdicts["org/missing"] == "unreadable"
     assert verdicts["llama-tied"] == "tied"

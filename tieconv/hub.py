@@ -111,10 +111,6 @@ def shadows_repo_id(src) -> bool:
         return False
 
 
-def is_repo_id(src) -> bool:
-    return repo_ref(src) is not None
-
-
 # ---------------------------------------------------------------- HTTP: one probe, counted range reads
 
 
@@ -185,7 +181,7 @@ class RemoteFiles:
     revision: str  # a commit hash: every read sees the same snapshot
     counter: DownloadCounter = field(default_factory=DownloadCounter)
     small_files: list[str] = field(default_factory=list)  # what a conversion copies beside the weights
-    offline: bool = False  # read from tieconv's header cache while the Hub is not asked
+    offline: bool = False  # no tensor bytes are fetched: HF_HUB_OFFLINE, or a header-only scan
     compared: dict[str, bool] = field(default_factory=dict)  # "a\nb" -> bytes identical, remembered
 
     def _stream(self, filename: str, start: int, length: int, chunk: int, sizes: list | None = None,
@@ -197,8 +193,7 @@ class RemoteFiles:
 
         where = f"{self.repo}@{self.revision[:12]}: {filename}"
         if self.offline:
-            raise OfflineBytesError(f"{where}: the tensor bytes are needed and the Hub is not asked "
-                                    "(HF_HUB_OFFLINE); run online, or with --no-compare")
+            raise OfflineBytesError(f"{where}: the tensor bytes are needed and may not be fetched")
         url = hf_hub_url(self.repo, filename, revision=self.revision)
         headers = build_hf_headers(headers={} if whole else {"Range": f"bytes={start}-{start + length - 1}"})
         try:
@@ -608,17 +603,27 @@ def _checkpoint_from_entry(ref: RepoRef, entry: dict, counter: DownloadCounter, 
 
 def inspect_repo(ref: RepoRef, *, embed=None, head=None, compare: bool = True):
     """`inspect` for a Hub repo: its report, with the bytes fetched to decide in `downloaded_bytes`."""
+    ckpt, counter = open_repo(ref)
+    return inspect_opened(ref, ckpt, counter, embed=embed, head=head, compare=compare)
+
+
+def inspect_opened(ref: RepoRef, ckpt: Checkpoint, counter: DownloadCounter, *, embed=None, head=None,
+                   compare: bool = True, header_only: bool = False):
+    """The report of a repo `open_repo` opened; `header_only` fetches no tensor bytes (remembered comparisons
+    still count), as offline."""
     from .inspection import inspect_checkpoint
 
-    ckpt, counter = open_repo(ref)
     remote = ckpt._remote
     remembered = dict(remote.compared) if remote is not None else {}
+    if remote is not None and header_only:
+        remote.offline = True
     try:
         report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
     except OfflineBytesError:
-        ckpt.notes.append("offline: the two matrices were not compared (no comparison of them is remembered)")
+        why = "header-only" if header_only else "offline"
+        ckpt.notes.append(f"{why}: the two matrices were not compared (no comparison of them is remembered)")
         report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=False)
-    if remote is not None and remote.compared != remembered and not remote.offline:
+    if remote is not None and remote.compared != remembered:
         entry = _load_entry(ref.repo, remote.revision)
         if entry is not None:
             entry["compared"] = {**entry.get("compared", {}), **remote.compared}

@@ -150,17 +150,17 @@ def _scan_repos(refs):
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from . import hub
-    from .inspection import inspect_checkpoint
 
     with ThreadPoolExecutor(max_workers=min(HUB_CONCURRENCY, len(refs))) as pool:
         futures = {pool.submit(hub.open_repo, ref): ref for ref in refs}
         for future in as_completed(futures):
             ref = futures[future]
 
-            def inspect_it(future=future):
-                ckpt, _ = future.result()
-                # header-only: a verdict that needs the two matrices' bytes is `undecided` (inspect it alone)
-                return inspect_checkpoint(ckpt, compare=False)
+            def inspect_it(future=future, ref=ref):
+                ckpt, counter = future.result()
+                # header-only: a verdict that needs the two matrices' bytes, unless an earlier inspect
+                # remembered their comparison, is `undecided` (inspect that repo alone)
+                return hub.inspect_opened(ref, ckpt, counter, header_only=True)
 
             yield _row(ref.text, ref.text, inspect_it)
 
