@@ -49,21 +49,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out" / "hub")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the repos and the server's store an interrupted run left in --dir")
     args = parser.parse_args()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    args.dir.mkdir(parents=True)
     work = args.dir
-    repos = {}
+    names = [f"bench/llama-1b-{v}" for v in ("tied", "duplicated")] + [f"bench/scan-{i:02d}" for i in range(20)]
+    mirrors = work / "server" / "mirrors" / "models"
+    if not (args.reuse and all((mirrors / n / ".git").is_dir() for n in names)):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        build(work)
+    measure(work, {n: mirrors / n if (mirrors / n).is_dir() else work / "git" / n.split("/")[1] for n in names},
+            args.repeat)
+
+
+def build(work: Path) -> None:
+    """The repos: two Llama-3.2-1B-shaped ones (sparse shards as LFS objects) and 20 small ones for the scan."""
     for variant in ("tied", "duplicated"):
         sparse = work / "sparse" / variant
         files = write_llama_repo(sparse, variant=variant, **LLAMA_3_2_1B)
         git = work / "git" / f"llama-1b-{variant}"
         shutil.copytree(sparse, git, ignore=shutil.ignore_patterns("*.safetensors"))
-        repos[f"bench/llama-1b-{variant}"] = make_git_repo(git, lfs=files)
+        make_git_repo(git, lfs=files)
     for i in range(20):
         folder = work / "git" / f"scan-{i:02d}"
         write_llama_repo(folder, variant="tied" if i % 2 else "duplicated", **SCAN_SHAPE)
-        repos[f"bench/scan-{i:02d}"] = make_git_repo(folder)
+        make_git_repo(folder)
+
+
+def measure(work: Path, repos: dict[str, Path], repeat: int) -> None:
     xdg_arch = Path(tempfile.mkdtemp(dir=work))
     base_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"}
     base_env.pop("HF_HUB_OFFLINE", None)
@@ -88,17 +102,17 @@ def main() -> None:
         for variant in ("tied", "duplicated"):
             _, out = run(tieconv + ["inspect", f"bench/llama-1b-{variant}", "--json"], env())
             doc = json.loads(out)
-            config = (work / "git" / f"llama-1b-{variant}" / "config.json").stat().st_size
+            config = (work / "sparse" / variant / "config.json").stat().st_size
             figures[variant] = {"verdict": doc["verdict"], "downloaded_bytes": doc["downloaded_bytes"],
                                 "beyond_config": doc["downloaded_bytes"] - config,
                                 "two_tensors": doc["embed"]["nbytes"] + (doc["head"]["nbytes"] if doc["head"] else 0)}
         ours, theirs = [], []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             ours.append(run(tieconv + ["inspect", "bench/llama-1b-tied", "--json"], env())[0])
             theirs.append(run([sys.executable, "-c", REFERENCE, "bench/llama-1b-tied"], env())[0])
         scan_times = []
         scan_args = tieconv + ["scan", "-q", "--json"] + [f"bench/scan-{i:02d}" for i in range(20)]
-        for _ in range(max(3, args.repeat // 2)):
+        for _ in range(max(3, repeat // 2)):
             seconds, out = run(scan_args, env())
             scan_times.append(seconds)
         rows = json.loads(out)["rows"]
