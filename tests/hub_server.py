@@ -1,10 +1,13 @@
 """A local Hub for the tests: olah serving local git repos, behind nginx honouring HTTP ranges.
 
-olah answers every file request with the whole file (status 200, no ranges), so byte counts measured
-against it alone say nothing about range reads.  nginx in front of it, as a caching reverse proxy with
-`proxy_force_ranges on`, fetches each file from olah once, caches it, and answers `Range` requests with
-206 and exactly the asked bytes, as the Hub's CDN does.  olah's `mirror-netloc` points at nginx, so its
-redirects come back through nginx too.  Both listen on 127.0.0.1 only.
+olah answers every file request with the whole file (status 200, no ranges, and no Content-Length
+either), so byte counts measured against it alone say nothing about range reads.  nginx in front of it
+answers `Range` requests with 206 and exactly the asked bytes, as the Hub's CDN does.  nginx honours
+ranges only on answers whose length it knows, which olah's are not even once cached (`proxy_cache`
+keeps them chunked), so file contents go through `proxy_store`: each file is fetched from olah once
+(`_warm`, as a CDN already holding it) and then served, ranges and all, from nginx's store.  HEAD
+requests (ETag, X-Repo-Commit) and the API go to olah through `proxy_cache`.  olah's `mirror-netloc`
+points at nginx, so its redirects come back through nginx too.  Both listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
