@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.hub_server import LLAMA_3_2_1B, local_hub, make_git_repo, write_llama_repo  # noqa: E402
+from tests.hub_server import LLAMA_3_2_1B, local_hub, make_git_repo, write_llama_repo
 
 SCAN_SHAPE = {"vocab": 16384, "hidden": 256, "layers": 4, "intermediate": 1024, "heads": 4, "kv_heads": 2,
               "shard_bytes": 6_000_000}

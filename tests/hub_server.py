@@ -70,7 +70,7 @@ def _wait(url: str, proc: subprocess.Popen, log: Path, what: str, seconds: float
         try:
             urllib.request.urlopen(url, timeout=2)
             return
-        except Exception:
+        except OSError:  # refused, reset, or an HTTP error while it starts
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}")

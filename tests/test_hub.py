@@ -95,7 +95,7 @@ def tieconv(args, *, endpoint, home, xdg, offline=False, check=False, timeout=30
         env["HF_HUB_OFFLINE"] = "1"
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "tieconv.cli", *map(str, args)], env=env, capture_output=True,
-                            text=True, cwd=ROOT, timeout=timeout)
+                            text=True, cwd=ROOT, timeout=timeout, check=False)
     result.seconds = time.monotonic() - start
     if check:
         assert result.returncode == 0, result.stderr
@@ -422,3 +422,17 @@ def test_scan_takes_repo_ids_mixed_with_folders(hub, tmp_path, xdg):
     tieconv(["inspect", "org/tiny-sharded"], endpoint=hub, home=tmp_path / "hf", xdg=xdg, check=True)
     again = tieconv(["scan", "org/tiny-sharded", "--json"], endpoint=hub, home=tmp_path / "hf", xdg=xdg, check=True)
     assert json.loads(again.stdout)["rows"][0]["verdict"] == "untied"
+
+
+def test_a_damaged_header_cache_entry_is_ignored(hub, tmp_path, xdg):
+    home = tmp_path / "hf"
+    tieconv(["inspect", "org/tiny-tied"], endpoint=hub, home=home, xdg=xdg, check=True)
+    (entry,) = (xdg / "tieconv" / "hub-headers-v1").glob("*.json")
+    doc = json.loads(entry.read_text())
+    doc["headers"] = {"model.safetensors": {"size": "big"}}
+    entry.write_text(json.dumps(doc))
+    offline = tieconv(["inspect", "org/tiny-tied"], endpoint=UNREACHABLE, home=home, xdg=xdg, offline=True)
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr, offline.stderr
+    online = json.loads(tieconv(["inspect", "org/tiny-tied", "--json"], endpoint=hub, home=home, xdg=xdg,
+                                check=True).stdout)
+    assert online["verdict"] == "tied" and online["downloaded_bytes"] > 0

@@ -24,12 +24,17 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from .checkpoint import (
-    BIN_INDEX, BIN_SINGLE, CHUNK_BYTES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, Checkpoint,
+    BIN_INDEX,
+    BIN_SINGLE,
+    CHUNK_BYTES,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    Checkpoint,
 )
 from .errors import CorruptFileError, InputError
 from .safetensors_header import MAX_HEADER_BYTES, parse_header
@@ -297,7 +302,22 @@ def _load_entry(repo: str, commit: str) -> dict | None:
         os.utime(path)  # least recently used goes first
     except (OSError, ValueError):
         return None
-    return entry if isinstance(entry, dict) and entry.get("commit") == commit else None
+    return entry if _valid_entry(entry, commit) else None
+
+
+def _valid_entry(entry, commit: str) -> bool:
+    """The shape `_read_headers` writes (a damaged or foreign file is ignored, never trusted)."""
+    if not isinstance(entry, dict) or entry.get("commit") != commit:
+        return False
+    headers, index = entry.get("headers"), entry.get("index")
+    return (isinstance(headers, dict) and bool(headers)
+            and all(isinstance(h, dict) and isinstance(h.get("size"), int) and isinstance(h.get("raw"), str)
+                    for h in headers.values())
+            and (entry.get("config") is None or isinstance(entry["config"], dict))
+            and (index is None or (isinstance(index, dict) and isinstance(index.get("weight_map"), dict)
+                                   and all(isinstance(v, str) for v in index["weight_map"].values())))
+            and isinstance(entry.get("small_files", []), list) and isinstance(entry.get("compared", {}), dict)
+            and isinstance(entry.get("refs", {}), dict))
 
 
 def _entry_for_ref(repo: str, revision: str) -> tuple[str, float] | None:
@@ -317,6 +337,8 @@ def _entry_for_ref(repo: str, revision: str) -> tuple[str, float] | None:
                 entry = json.load(f)
             when = entry["refs"][revision]
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(when, (int, float)) or not isinstance(entry.get("commit"), str):
             continue
         if best is None or when > best[1]:
             best = (entry["commit"], when)
@@ -595,7 +617,7 @@ def _checkpoint_from_entry(ref: RepoRef, entry: dict, counter: DownloadCounter, 
         parsed = parse_header(header["raw"].encode("utf-8"), header["size"], f"{ref.label}/{name}")
         missing = expected.get(name, set()) - parsed.tensors.keys()
         if missing:
-            raise CorruptFileError(f"{ref.label}/{name}: the index maps {sorted(missing)[0]!r} to this shard, "
+            raise CorruptFileError(f"{ref.label}/{name}: the index maps {min(missing)!r} to this shard, "
                                    "which does not hold it")
         ckpt.add_safetensors_header(name, parsed, f"{ref.label}/{name}")
     return ckpt

@@ -122,7 +122,7 @@ def scan(roots=None, *, compare: bool = True) -> ScanResult:
         targets += find_checkpoints(root)
     with bar(len(targets) + len(refs), "scanning", unit="model") as progress:
         for name, path in targets:
-            result.rows.append(_row(name, path, lambda: inspect(path, compare=compare)))
+            result.rows.append(_row(name, path, lambda path=path: inspect(path, compare=compare)))
             progress.update(1)
         for row in _scan_repos(refs):
             result.rows.append(row)
