@@ -151,7 +151,7 @@ class StallingServer:
 
 def test_a_mistyped_local_folder_fails_fast_naming_both_readings(tmp_path, xdg):
     result = tieconv(["inspect", "fixtures/llama-duplcated"], endpoint=UNREACHABLE, home=tmp_path / "hf", xdg=xdg)
-    assert result.returncode == 2 and result.seconds < 8, (result.seconds, result.stderr)
+    assert result.returncode == 2 and result.seconds < 10, (result.seconds, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no local path fixtures/llama-duplcated" in lines[0]
     assert "fixtures/llama-duplcated@main" in lines[0] and "Retry" not in result.stderr
@@ -180,7 +180,7 @@ def test_a_missing_repo_or_revision_answers_at_once(hub, tmp_path, xdg):
                         (["inspect", "org/tiny-dup@nope"], ["org/tiny-dup", "nope"]),
                         (["tie", "org/nope", tmp_path / "out"], ["org/nope@main"])):
         result = tieconv(args, endpoint=hub, home=tmp_path / "hf", xdg=xdg)
-        assert result.returncode == 2 and result.seconds < 8, (result.seconds, result.stderr)
+        assert result.returncode == 2 and result.seconds < 10, (result.seconds, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and all(w in result.stderr for w in words), result.stderr
 
 
@@ -215,7 +215,8 @@ def test_a_cached_repo_is_read_without_waiting_for_the_network(hub, tmp_path, xd
     finally:
         server.close()
     doc = json.loads(result.stdout)
-    assert doc["verdict"] == "duplicated" and doc["downloaded_bytes"] == 0 and result.seconds < 8
+    assert doc["verdict"] == "duplicated" and doc["downloaded_bytes"] == 0
+    assert server.conns == []  # the network was not even asked
     assert any("local Hugging Face cache" in n and "may be behind" in n for n in doc["notes"]), doc["notes"]
     # offline: the revision asked for is named when it is not cached
     offline = tieconv(["inspect", "org/tiny-dup@nope"], endpoint=UNREACHABLE, home=home, xdg=xdg, offline=True)
