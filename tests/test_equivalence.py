@@ -20,7 +20,7 @@ from tieconv.equivalence import RANDOM, compare_reports, loader_view
 from tieconv.errors import InputError
 
 from .conftest import FIXTURES, ROOT
-from .test_hub import hub  # noqa: F401 - the olah server fixture
+from .test_hub import architectures, hub, xdg  # noqa: F401 - the test server and its cache fixtures
 from .test_hub import tieconv as hub_cli
 
 FIXTURE_INPUTS = [
@@ -326,13 +326,14 @@ def test_gguf_pairs(tmp_path):
     assert [(c.field, c.a, c.b) for c in report.config] == [("llama.context_length", 32, 64)]
 
 
-def test_a_hub_repo_against_a_local_copy(hub, tmp_path):  # noqa: F811 - pytest passes the fixture
+def test_a_hub_repo_against_a_local_copy(hub, tmp_path, xdg):  # noqa: F811 - pytest passes the fixtures
     """Remote headers and byte ranges (olah on loopback) against local files: the same model."""
     out = hub_cli(["diff", "org/tiny-sharded", FIXTURES / "llama-untied", "--json", "--check"], endpoint=hub,
-                  home=tmp_path / "hf", check=True)
+                  home=tmp_path / "hf", xdg=xdg, check=True)
     doc = json.loads(out.stdout)
     assert doc["equivalent"] is True and doc["bytes_compared"] > 0
-    out = hub_cli(["diff", "org/tiny-dup", FIXTURES / "llama-tieable", "--check"], endpoint=hub, home=tmp_path / "hf")
+    out = hub_cli(["diff", "org/tiny-dup", FIXTURES / "llama-tieable", "--check"], endpoint=hub, home=tmp_path / "hf",
+                  xdg=xdg)
     assert out.returncode == 1 and "config tie_word_embeddings: true in A, false in B" in out.stdout
 
 

@@ -87,3 +87,34 @@ def test_cache_snapshot_links_leaving_the_repo_are_refused(tmp_path):
     os.symlink(outside, snap / "model.safetensors")
     result = tieconv.scan([hub])
     assert result.rows[0].verdict == "unreadable" and "outside the model folder" in result.rows[0].error
+
+
+def test_scan_reads_hub_repos_with_bounded_concurrency(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from tieconv import hub, scanning
+    from tieconv.checkpoint import open_checkpoint
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def open_repo(ref):  # stands in for the network: each repo takes 0.2 s
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        if ref.repo == "org/missing":
+            raise tieconv.errors.InputError("no Hub repo org/missing@main")
+        return open_checkpoint(FIXTURES / "llama-tied"), hub.DownloadCounter()
+
+    monkeypatch.setattr(hub, "open_repo", open_repo)
+    repos = [f"org/m{i}" for i in range(20)] + ["org/missing"]
+    start = time.monotonic()
+    result = tieconv.scan(repos + [str(FIXTURES / "llama-tied")])
+    seconds = time.monotonic() - start
+    assert peak[0] == scanning.HUB_CONCURRENCY and seconds < 21 * 0.2  # concurrent, but never more than the bound
+    verdicts = {r.name: r.verdict for r in result.rows}
+    assert all(verdicts[f"org/m{i}"] == "tied" for i in range(20)) and verdicts["org/missing"] == "unreadable"
+    assert verdicts["llama-tied"] == "tied"

@@ -96,9 +96,10 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
 
     PATH is a Hugging Face model folder (safetensors or .bin, single or sharded), a single
     .safetensors / .bin / .pt / .pth file (Meta, TorchChat, nanoGPT, torchtune), a .gguf file,
-    a sentence-transformers folder, or a Hub repo id `org/name[@revision]` (a local path that
-    exists wins; a repo's safetensors headers are read over HTTP, and only the two tensors'
-    bytes are fetched when the verdict needs the comparison).
+    a sentence-transformers folder, or a Hub repo `org/name[@revision]` or `hf://org/name[@revision]`
+    (a local path that exists, or one starting with ./ ../ / ~, is local; the local Hugging Face
+    cache is read first; otherwise a repo's safetensors headers are read over HTTP, and only the
+    two tensors' bytes are fetched when the verdict needs the comparison).
 
     \b
     Verdicts: tied, duplicated, untied, tieable, conflict, head-missing, embed-missing,
@@ -258,16 +259,17 @@ def diff_command(a: str, b: str, as_json: bool, check: bool, quiet: bool) -> Non
 
 
 @main.command("scan", context_settings=CONTEXT)
-@click.argument("dirs", nargs=-1, metavar="[DIR]...")
+@click.argument("dirs", nargs=-1, metavar="[DIR|REPO]...")
 @click.option("--json", "as_json", is_flag=True, help="Print rows and totals as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when a model has a problem verdict (unreadable ones do not count).")
 @click.option("--no-compare", is_flag=True, help="Read headers only; verdicts that need a comparison are undecided.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
 def scan_command(dirs, as_json, check, no_compare, quiet) -> None:
-    """Inspect every checkpoint below DIR (default: the local Hugging Face cache).
+    """Inspect every checkpoint below DIR (default: the local Hugging Face cache), and Hub repos.
 
-    Finds each cached repo revision, each model folder and each single checkpoint file, and prints
+    Finds each cached repo revision, each model folder and each single checkpoint file; a Hub repo
+    id (org/name[@revision]) is read header-only, at most 8 repos at a time. Prints
     one row per model (name, verdict, size, reclaimable bytes) sorted by reclaimable bytes, with
     totals. What it cannot read gets a warning row; the scan goes on.
 
@@ -276,6 +278,7 @@ def scan_command(dirs, as_json, check, no_compare, quiet) -> None:
       tieconv scan                      # the Hugging Face cache
       tieconv scan fixtures --json
       tieconv scan ~/models --check     # exit 1 if any model has a problem
+      tieconv scan Qwen/Qwen2.5-0.5B HuggingFaceTB/SmolLM2-135M
     """
     from .progress import set_quiet
     from .scanning import render, scan

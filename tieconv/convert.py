@@ -359,8 +359,10 @@ def untie(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False
 def _run(action: str, src: str | os.PathLike, dst: str | os.PathLike, *, dry_run: bool, verify: str,
          **options) -> ConversionResult:
     start = time.monotonic()
-    p, report = plan(action, src, dst, **options)
+    p, report = plan(action, src, dst, download=False, **options)  # a Hub repo: from its headers
     preflight(p, report.checkpoint.path)  # OUT is checked the same way whether or not anything is written
+    if not (p.nothing_to_do or dry_run) and report.layout == "hub":
+        p, report = plan(action, src, dst, **options)  # now download what the plan needs, and plan from the files
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
                                 report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings))

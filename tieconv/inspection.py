@@ -49,13 +49,11 @@ def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | No
     """
     from . import hub
 
-    if hub.is_repo_id(path):
-        ckpt, counter = hub.open_repo(str(path))
-        report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
-        report.downloaded_bytes = counter.bytes
-        return report
+    ref = hub.repo_ref(path)
+    if ref is not None:
+        return hub.inspect_repo(ref, embed=embed, head=head, compare=compare)
     ckpt = open_checkpoint(path)
-    if hub.parse_repo_id(str(path)):
+    if hub.shadows_repo_id(path):
         ckpt.notes.append(f"{path}: the local path was used, not the Hub repo of the same name")
     return inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, open_checkpoint, safe_member
 from .errors import OutputError, RefusedError
-from .inspection import coerce_flags, inspect_checkpoint
+from .inspection import coerce_flags, inspect, inspect_checkpoint
 from .report import Report
 from .writer import LOCK_MARK, TMP_MARK, shard_name
 
@@ -361,6 +361,8 @@ def carried_files(ckpt: Checkpoint, fmt: str, drop_other_weights: bool) -> tuple
     files. Weight files of another format than the one converted keep the old tie state: carried with a
     warning, or left out with `drop_other_weights`.
     """
+    if ckpt._remote is not None:  # a Hub repo read over HTTP (a dry run): the small files its listing names
+        return list(ckpt._remote.small_files), {}, []
     if ckpt.path.is_file():
         return [], {}, []
     base = ckpt.path
@@ -417,11 +419,14 @@ def training_entries(ckpt: Checkpoint) -> list[str]:
 
 def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
          embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
-         drop_optimizer: bool = False, drop_other_weights: bool = False) -> tuple[Plan, Report]:
+         drop_optimizer: bool = False, drop_other_weights: bool = False,
+         download: bool = True) -> tuple[Plan, Report]:
     """Compute what `tie` or `untie` would do, without writing anything.
 
     OUT's name decides the output's kind (see `output_kind`); whether OUT may be written there is
-    checked by `convert.preflight`, before any real or dry run.
+    checked by `convert.preflight`, before any real or dry run. A Hub repo is downloaded into the
+    cache first; with `download=False` it is planned from its headers (and, where the verdict needs
+    it, the two tensors' byte ranges) without any download.
 
     Example:
         >>> import tieconv
@@ -436,11 +441,17 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     from . import hub
 
     named = str(src)
-    src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
-    ckpt: Checkpoint = open_checkpoint(src)
-    coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
-    force = force or bool(coerced)
-    report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
+    if download:
+        src = hub.local_path(src)  # a repo id: into the cache, exactly the files a conversion needs
+    coerced: list[str] = []
+    if hub.repo_ref(src) is not None:  # planned from the repo's headers (download=False)
+        report = inspect(src, embed=embed, head=head, compare=True)
+        ckpt: Checkpoint = report.checkpoint
+    else:
+        ckpt = open_checkpoint(src)
+        coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
+        force = force or bool(coerced)
+        report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
     is_file, fmt = output_kind(ckpt, str(dst))
     left_out = _check_carriable(ckpt, fmt, drop_optimizer)
     if action == "tie":

@@ -14,6 +14,8 @@ MODEL_FOLDER_MARKERS = (
     "pytorch_model.bin.index.json", "adapter_config.json", "params.json", "modules.json",
 )
 CHECKPOINT_SUFFIXES = (".safetensors", ".gguf", ".pt", ".pth", ".bin", ".ckpt")
+# Hub repos are read with this many requests in flight: enough to hide latency, few enough for any server
+HUB_CONCURRENCY = 8
 
 
 @dataclass
@@ -94,6 +96,13 @@ def _refuse_snapshot_link(path: Path) -> None:
             raise InputError(f"{path}: is a link to {path.resolve()}, outside the cache; not followed")
 
 
+def _inspect_local(path: Path, compare: bool):
+    from .inspection import inspect
+
+    _refuse_snapshot_link(path)
+    return inspect(path, compare=compare)
+
+
 def scan(roots=None, *, compare: bool = True) -> ScanResult:
     """Inspect every checkpoint below `roots` (default: the Hugging Face cache); never stops on a bad one.
 
@@ -103,32 +112,72 @@ def scan(roots=None, *, compare: bool = True) -> ScanResult:
         >>> len(result.rows) > 10
         True
     """
+    from . import hub
     from .inspection import inspect
     from .progress import bar
 
-    paths = [Path(r) for r in roots] if roots else default_roots()
-    result = ScanResult([str(p) for p in paths])
+    roots = list(roots) if roots else default_roots()
+    result = ScanResult([str(r) for r in roots])
+    refs, paths = [], []
+    for root in roots:
+        try:
+            ref = hub.repo_ref(root)
+        except TieconvError as exc:  # hf://... that is no valid repo id
+            result.rows.append(ScanRow(str(root), str(root), "unreadable", None, 0, 0, str(exc)))
+            continue
+        if ref is None:
+            paths.append(Path(root))
+        else:
+            refs.append(ref)
     targets = []
     for root in paths:
         if not root.exists():
             result.rows.append(ScanRow(str(root), str(root), "unreadable", None, 0, 0, f"{root}: no such file or folder"))
             continue
         targets += find_checkpoints(root)
-    with bar(len(targets), "scanning", unit="model") as progress:
+    with bar(len(targets) + len(refs), "scanning", unit="model") as progress:
         for name, path in targets:
-            try:
-                _refuse_snapshot_link(path)
-                report = inspect(path, compare=compare)
-                result.rows.append(ScanRow(name, str(path), report.verdict, report.layout, report.bytes.total,
-                                           report.reclaimable_bytes))
-            except TieconvError as exc:
-                result.rows.append(ScanRow(name, str(path), "unreadable", None, 0, 0, str(exc)))
-            except Exception as exc:  # noqa: BLE001 - one broken model must not stop a scan
-                result.rows.append(ScanRow(name, str(path), "unreadable", None, 0, 0,
-                                           f"{path}: internal error ({type(exc).__name__}: {exc})"[:300]))
+            result.rows.append(_row(name, path, lambda path=path: _inspect_local(path, compare)))
+            progress.update(1)
+        for row in _scan_repos(refs):
+            result.rows.append(row)
             progress.update(1)
     result.rows.sort(key=lambda r: (r.error is not None, -r.reclaimable_bytes, r.name))
     return result
+
+
+def _row(name: str, path, inspect_it) -> ScanRow:
+    """One row: the report's verdict and sizes, or why the model cannot be read."""
+    try:
+        report = inspect_it()
+        return ScanRow(name, str(path), report.verdict, report.layout, report.bytes.total, report.reclaimable_bytes)
+    except TieconvError as exc:
+        return ScanRow(name, str(path), "unreadable", None, 0, 0, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one broken model must not stop a scan
+        return ScanRow(name, str(path), "unreadable", None, 0, 0,
+                       f"{path}: internal error ({type(exc).__name__}: {exc})"[:300])
+
+
+def _scan_repos(refs):
+    """Rows for Hub repos, header-only, with at most HUB_CONCURRENCY repos read at once; yielded as they finish."""
+    if not refs:
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from . import hub
+
+    with ThreadPoolExecutor(max_workers=min(HUB_CONCURRENCY, len(refs))) as pool:
+        futures = {pool.submit(hub.open_repo, ref): ref for ref in refs}
+        for future in as_completed(futures):
+            ref = futures[future]
+
+            def inspect_it(future=future, ref=ref):
+                ckpt, counter = future.result()
+                # header-only: a verdict that needs the two matrices' bytes, unless an earlier inspect
+                # remembered their comparison, is `undecided` (inspect that repo alone)
+                return hub.inspect_opened(ref, ckpt, counter, header_only=True)
+
+            yield _row(ref.text, ref.text, inspect_it)
 
 
 def render(result: ScanResult) -> str:
