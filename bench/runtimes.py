@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -566,6 +567,7 @@ def main(argv: list[str] | None = None) -> None:
         document["baselines"] = {**earlier["baselines"], **document["baselines"]}
         document["seconds"] = {**_as_dict(earlier["seconds"]), "+".join(sorted(runners)): document["seconds"]}
     args.out.write_text(json.dumps(document, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out} ({len(observations)} observations, {document['seconds']} s)", file=sys.stderr)
 
 

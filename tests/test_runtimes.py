@@ -10,6 +10,7 @@ contradict a rule, fails.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,10 @@ def _state_key(case: dict) -> str:
     return verdict
 
 
+def case_input(obs: dict) -> str:
+    return OBSERVATIONS["cases"][obs["case"]]["input"]
+
+
 def _prediction(obs: dict):
     case = OBSERVATIONS["cases"][obs["case"]]
     rt = RUNTIME_NAMES[obs["runtime"]]
@@ -55,7 +60,7 @@ def test_rules_predict_every_observation(obs):
     assert row.head in used, f"rule says {row.head!r} ({row.note}); the numbers say {sorted(used)}"
     assert row.basis == "observed", "an observed case must be covered by a table with basis `observed`"
     observed_equal = obs["max_diff_transformers"] is not None and obs["max_diff_transformers"] <= TOLERANCE
-    if obs["runtime"] != "transformers":
+    if obs["runtime"] != "transformers" and case_input(obs) == "hf":  # a GGUF file has no transformers row
         assert row.equals_transformers == observed_equal
 
 
@@ -69,7 +74,10 @@ def test_the_recorded_numbers_are_the_raw_ones():
             lp, other = obs["logprobs"], ref.get(key)
             expected = None if lp is None or other is None or None in lp else max(
                 abs(a - b) for a, b in zip(lp, other))
-            assert obs[field] == pytest.approx(expected, abs=2e-6), (obs["runtime"], obs["case"], field)
+            if expected is not None and math.isnan(expected):  # vLLM's uninitialised memory can hold NaN
+                assert math.isnan(obs[field])
+                continue
+            assert obs[field] == pytest.approx(expected, rel=1e-6, abs=2e-6), (obs["runtime"], obs["case"], field)
         assert (obs["logprobs"] is None) == (obs["error"] is not None)
 
 
@@ -214,7 +222,7 @@ def test_advice_names_who_disagrees_and_who_agrees_after(monkeypatch):
     today = runtimes.agreement_advice(report)
     assert today.startswith("Runtimes disagree today:")
     assert "MLX-LM uses the embedding" in today and "SGLang uses the embedding" in today
-    assert "vLLM" not in today
+    assert "torchtune: error" in today and "vLLM" not in today
     assert "transformers uses the stored head" in today
     after = runtimes.agreement_advice(report, after="untied")
     assert after.endswith("After the conversion (untied) they all use the same head.")
@@ -235,3 +243,14 @@ def test_head_missing_advice_lists_each_runtime(monkeypatch):
     text = runtimes.agreement_advice(report, after="tied")
     assert "vLLM: random" in text and "MLX-LM: error" in text and "llama.cpp uses the embedding" in text
     assert text.endswith("they all use the same head.")
+
+
+def test_readme_matrix_comes_from_the_observations():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_runtimes", ROOT / "bench" / "runtimes.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- runtime-matrix -->\n", 1)[1].split("<!-- /runtime-matrix -->", 1)[0]
+    assert block.strip() == bench.matrix_markdown(OBSERVATIONS)
