@@ -572,7 +572,7 @@ def render_rows(rows: list[Prediction]) -> list[str]:
         equal = "(reference)" if i == 0 else {True: "= transformers", False: "differs", None: "?"}[r.equals_transformers]
         where = f"{r.versions}, {r.basis}" if r.versions else r.basis
         installed = f" (installed {r.installed})" if r.installed else ""
-        lines.append(f"{r.runtime + installed:<30} {r.head:<14} {equal:<15} [{where}]")
+        lines.append(f"{r.runtime + installed:<32} {r.head:<14} {equal:<15} [{where}]")
     return lines
 
 
