@@ -13,7 +13,7 @@ from .conftest import FIXTURES
 SCHEMA_KEYS = {
     "schema_version", "path", "layout", "files", "verdict", "embed", "head", "tie_flag", "identical",
     "equal_after_cast", "parameters", "bytes", "reclaimable_keys", "tie_map", "architecture", "config",
-    "reason", "advice", "notes", "downloaded_bytes", "tie_group",
+    "reason", "advice", "notes", "downloaded_bytes", "tie_group", "runtimes",
 }
 
 

@@ -124,6 +124,11 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(render(report, colour=colour_enabled()))
+        if report.runtimes:
+            from .runtimes import render_rows
+
+            click.echo("runtimes   what each one uses as the head (tieconv.runtimes; `--json` has the sources)")
+            click.echo("\n".join("  " + line for line in render_rows(report.runtimes)))
     if check and report.problem:
         sys.exit(EXIT_PROBLEM)
 

@@ -469,10 +469,10 @@ def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shap
             return "undecided", "the flag ties; " + undecided
         if identical:
             return "duplicated", "the flag ties and the head is stored as a bit-identical copy"
-        return "conflict", "the flag ties but " + differ_reason + "; runtimes disagree on which to use"
+        return "conflict", "the flag ties but " + differ_reason + "; runtimes disagree on which one is the head"
 
     if not head_stored:
-        return "head-missing", "the flag unties but no head is stored; loaders start it from random values"
+        return "head-missing", "the flag unties but no head is stored; each loader fills it differently"
     if not embed_stored:
         return "embed-missing", "the flag unties and the embedding is not stored: it is lost"
     if same_storage:
@@ -487,19 +487,27 @@ def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shap
 def _advice(report: Report) -> str:
     if report.tie_group is None and report.head is not None and report.verdict == "tieable":
         return f"Consistent as is; transformers never ties {report.architecture}'s head, so it stays stored."
-    return _advice_text(report.verdict, report.path, human_bytes(report.bytes.reclaimable))
+    return _advice_text(report.verdict, report.path, human_bytes(report.bytes.reclaimable), report)
 
 
-def _advice_text(verdict: str, p: str, saved: str) -> str:
+def _advice_text(verdict: str, p: str, saved: str, report: Report | None = None) -> str:
+    if verdict in ("conflict", "head-missing") and report is not None:
+        from .runtimes import agreement_advice
+
+        def agreement(after: str) -> str:
+            return agreement_advice(report, after=after)
+    else:
+        def agreement(after: str) -> str:
+            return ""
     return {
         "tied": "Nothing to do: the head is the embedding.",
         "duplicated": f"Run `tieconv tie {p} OUT` to drop the duplicate and save {saved}.",
         "untied": "Nothing to do: the head and the embedding are two real matrices.",
         "tieable": f"Consistent as is; `tieconv tie {p} OUT` would save {saved} without changing outputs.",
-        "conflict": f"Runtimes disagree here: run `tieconv untie {p} OUT` to keep both matrices, "
-        "or `tieconv tie --keep embed|head` to choose one.",
-        "head-missing": f"Loaders will start the head from random values; if the model was trained tied, "
-        f"run `tieconv tie {p} OUT --assume-tied`.",
+        "conflict": f"Run `tieconv untie {p} OUT` to keep both matrices (the head transformers uses), "
+        f"or `tieconv tie --keep embed|head` to choose one. {agreement('untied')}",
+        "head-missing": f"If the model was trained tied, run `tieconv tie {p} OUT --assume-tied`. "
+        f"{agreement('tied')}",
         "embed-missing": f"Run `tieconv tie {p} OUT` to store the head's matrix as the embedding.",
         "no-head": "Nothing to tie: the model has no output head.",
         "undecided": "Run again without --no-compare to compare the two matrices.",

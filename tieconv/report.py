@@ -79,8 +79,15 @@ class Report:
     advice: str
     notes: list[str] = field(default_factory=list)
     downloaded_bytes: int = 0  # bytes fetched from the Hub to decide (0 for local paths)
+    runtimes: list | None = None  # what each runtime uses as the head (tieconv.runtimes.Prediction rows)
     schema_version: int = SCHEMA_VERSION
     checkpoint: Any = field(default=None, repr=False, compare=False)  # the reader, for conversion
+
+    def __post_init__(self) -> None:
+        if self.runtimes is None:
+            from .runtimes import predict
+
+            self.runtimes = predict(self)
 
     @property
     def reclaimable_bytes(self) -> int:
