@@ -22,8 +22,8 @@ CHUNK_BYTES = 16 << 20
 # Limits that real checkpoints never approach, checked before the expensive step (README, Guarantees).
 # Configs are kilobytes (one with 22k ImageNet labels is 1.6 MB); indexes are about 100 bytes per tensor.
 MAX_CONFIG_BYTES = 16 << 20  # config.json, params.json, adapter_config.json, modules.json
-MAX_CONFIG_VALUES = 200_000  # JSON values in one config: transformers copies and walks every one
-MAX_INDEX_BYTES = 64 << 20
+MAX_CONFIG_VALUES = 50_000  # JSON values in one config (22k ImageNet labels: 44,000): transformers copies each many times
+MAX_INDEX_BYTES = 32 << 20  # DeepSeek-V3's 91,000-tensor index is 9 MB
 MAX_JSON_DEPTH = 64  # real configs nest 3 or 4 levels; 900 levels break json.dumps and transformers
 MAX_SHARDS = 4096  # per index (the largest public models have a few hundred)
 MAX_TENSORS = 1_000_000  # per checkpoint (the largest public MoE models have about 150,000)
@@ -466,10 +466,11 @@ def _open_file(path: Path) -> Checkpoint:
         return ckpt
     if name.endswith(TORCH_SUFFIXES):
         ckpt = Checkpoint(path, root, "torch-file", [], {})
-        _add_torch_file(ckpt, name)
         params = root / "params.json"
+        if params.is_file():  # read later; a link out of the folder is refused before anything is loaded
+            safe_member(root, "params.json", "folder")
+        _add_torch_file(ckpt, name)
         if params.is_file():
-            safe_member(root, "params.json", "folder")  # read later; a link out of the folder is refused now
             ckpt.config_file = "params.json"
             ckpt.notes.append("params.json found beside the file (Meta/TorchChat layout)")
         return ckpt
