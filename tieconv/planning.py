@@ -263,6 +263,8 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     named = str(src)
     src = hub.local_path(src)  # a repo id: into the cache, one weight format and the small files
     ckpt: Checkpoint = open_checkpoint(src)
+    if hub.parse_repo_id(str(src)):
+        ckpt.notes.append(f"{src}: the local path was used, not the Hub repo of the same name")
     coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
     force = force or bool(coerced)
     report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
