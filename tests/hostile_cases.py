@@ -164,6 +164,14 @@ def index_missing_shards(tmp: Path, full: bool) -> list[str]:
     return ["inspect", str(folder)]
 
 
+def index_long_name(tmp: Path, full: bool) -> list[str]:
+    folder = _copy("llama-tied-sharded", tmp / "m")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "x" * 300 + ".safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return ["inspect", str(folder)]
+
+
 def index_many_shards(tmp: Path, full: bool) -> list[str]:
     folder = _copy("llama-tied-sharded", tmp / "m")
     weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
@@ -350,6 +358,7 @@ CASES = [
     Case("header shape 2**64 x 0", header_shape_2_64, "refuse", "invalid shape"),
     Case("header key with a lone surrogate", header_lone_surrogate, "refuse", "surrogate"),
     Case("index naming 100k missing shards", index_missing_shards, "refuse", "shards, over the limit"),
+    Case("index naming a shard of 300 characters", index_long_name, "refuse", "longer than any filesystem"),
     Case("index of 30k shards (tie)", index_many_shards, "refuse", "shards, over the limit"),
     Case("config num_labels 30,000,000", config_num_labels, "ok", torch=True, fresh_cache=True),
     Case("config of 17 MB", config_huge, "refuse", "far too large"),

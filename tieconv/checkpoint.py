@@ -258,11 +258,15 @@ def _in_hf_cache_repo(root: Path, target: Path) -> bool:
 
 def safe_member(root: Path, name: str, what: str) -> Path:
     """Resolve `name` inside `root`, refusing `..`, absolute paths and links that leave the folder."""
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."  # a name, never a file's bulk
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise CorruptFileError(f"{root}: {what} names an invalid file {name!r}")
+        raise CorruptFileError(f"{root}: {what} names an invalid file {shown}")
     pure = Path(name)
     if pure.is_absolute() or ".." in pure.parts or "\\" in name:
-        raise CorruptFileError(f"{root}: {what} names {name!r}, outside the model folder; refusing it")
+        raise CorruptFileError(f"{root}: {what} names {shown}, outside the model folder; refusing it")
+    if len(name.encode("utf-8", "surrogatepass")) > 4000 or any(len(p.encode("utf-8", "surrogatepass")) > 255
+                                                                for p in pure.parts):
+        raise CorruptFileError(f"{root}: {what} names {shown}, longer than any filesystem allows; refusing it")
     path = root / pure
     real = path.resolve()
     try:
@@ -539,8 +543,10 @@ def _open_folder(root: Path, _inside_modules: bool = False) -> Checkpoint:
         modules = read_member_json(root, "modules.json", "modules.json")
         for module in modules if isinstance(modules, list) else []:
             sub = module.get("path") if isinstance(module, dict) else None
-            if isinstance(sub, str) and sub and (root / sub / "config.json").is_file():
-                folder = safe_member(root, sub, "modules.json")
+            if not isinstance(sub, str) or not sub:
+                continue
+            folder = safe_member(root, sub, "modules.json")  # before any look at the disk
+            if (folder / "config.json").is_file():
                 if folder.resolve() == root.resolve():
                     continue  # a module at "." is the folder itself, already looked at above
                 inner = _open_folder(folder, _inside_modules=True)
