@@ -29,14 +29,21 @@ WORK = Path(tempfile.mkdtemp(prefix="tieconv-fuzz-"))
 SLOWEST = {"seconds": 0.0}
 
 
-MAX_RSS_BYTES = 2 << 30  # this process's peak, torch and transformers included: no example may blow it up
+MAX_GROWTH_BYTES = 1 << 30  # no example may raise this process's peak RSS by a gigabyte
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+PEAK_BEFORE = _peak_rss_bytes()  # at import, before any example
 MESSAGE = {"last": ""}
 
 
 def outcome(path) -> str:
     """Inspect `path`: "report" or "error"; asserts the properties every outcome must have."""
-    import resource
-
     start = time.monotonic()
     try:
         report = tieconv.inspect(path)
@@ -53,7 +60,7 @@ def outcome(path) -> str:
     elapsed = time.monotonic() - start
     SLOWEST["seconds"] = max(SLOWEST["seconds"], elapsed)
     assert elapsed < 30, "no hang"
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < MAX_RSS_BYTES, "memory stays bounded"
+    assert _peak_rss_bytes() - PEAK_BEFORE < MAX_GROWTH_BYTES, "memory stays bounded"
     return result
 
 

@@ -78,6 +78,20 @@ def test_load_state_dict_refuses_a_dtype_torch_lacks(tmp_path):
         tieconv.load_state_dict(tmp_path / "f6.safetensors")
 
 
+def test_a_file_truncated_while_its_ranges_are_copied_aborts_the_write(tmp_path):
+    from tieconv.convert import execute
+
+    src = tmp_path / "in"
+    shutil.copytree(FIXTURES / "llama-duplicated", src)
+    out = tmp_path / "out"
+    p, report = tieconv.plan("tie", src, out)
+    with open(src / "model.safetensors", "r+b") as f:  # the copy reads fewer bytes than planned
+        f.truncate(os.fstat(f.fileno()).st_size // 2)
+    with pytest.raises(tieconv.TieconvError):
+        execute(p, report, verify="none")
+    assert not out.exists() and not any(n.name.startswith("out.") for n in tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("link", [False, True])
 def test_a_shard_truncated_after_planning_aborts_the_write(tmp_path, link):
     from tieconv.convert import execute
@@ -176,3 +190,19 @@ def test_local_inspect_never_contacts_the_hub(tmp_path, endpoint):
         server.close()
     assert outcome.code == 0, outcome.stderr[-2000:]
     assert connections == []
+
+
+def test_offline_builds_are_serialised_and_restore_the_flag():
+    from huggingface_hub import constants
+
+    from tieconv import architecture
+
+    before = constants.HF_HUB_OFFLINE
+    with architecture._offline():
+        assert constants.HF_HUB_OFFLINE is True
+        got: list[bool] = []
+        other = threading.Thread(target=lambda: got.append(architecture._OFFLINE.acquire(timeout=0.1)))
+        other.start()
+        other.join()
+        assert got == [False]  # a concurrent build in another thread waits for this one (re-entrant in this one)
+    assert constants.HF_HUB_OFFLINE == before

@@ -23,8 +23,8 @@ CHUNK_BYTES = 16 << 20
 # Limits that real checkpoints never approach, checked before the expensive step (README, Guarantees).
 # Configs are kilobytes (one with 22k ImageNet labels is 1.6 MB); indexes are about 100 bytes per tensor.
 MAX_CONFIG_BYTES = 16 << 20  # config.json, params.json, adapter_config.json, modules.json
-MAX_CONFIG_VALUES = 200_000  # JSON values in one config: transformers copies and walks every one
-MAX_INDEX_BYTES = 64 << 20
+MAX_CONFIG_VALUES = 50_000  # JSON values in one config (22k ImageNet labels: 44,000): transformers copies each many times
+MAX_INDEX_BYTES = 32 << 20  # DeepSeek-V3's 91,000-tensor index is 9 MB
 MAX_JSON_DEPTH = 64  # real configs nest 3 or 4 levels; 900 levels break json.dumps and transformers
 MAX_SHARDS = 4096  # per index (the largest public models have a few hundred)
 MAX_TENSORS = 1_000_000  # per checkpoint (the largest public MoE models have about 150,000)
@@ -259,11 +259,15 @@ def _in_hf_cache_repo(root: Path, target: Path) -> bool:
 
 def safe_member(root: Path, name: str, what: str) -> Path:
     """Resolve `name` inside `root`, refusing `..`, absolute paths and links that leave the folder."""
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."  # a name, never a file's bulk
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise CorruptFileError(f"{root}: {what} names an invalid file {name!r}")
+        raise CorruptFileError(f"{root}: {what} names an invalid file {shown}")
     pure = Path(name)
     if pure.is_absolute() or ".." in pure.parts or "\\" in name:
-        raise CorruptFileError(f"{root}: {what} names {name!r}, outside the model folder; refusing it")
+        raise CorruptFileError(f"{root}: {what} names {shown}, outside the model folder; refusing it")
+    if len(name.encode("utf-8", "surrogatepass")) > 4000 or any(len(p.encode("utf-8", "surrogatepass")) > 255
+                                                                for p in pure.parts):
+        raise CorruptFileError(f"{root}: {what} names {shown}, longer than any filesystem allows; refusing it")
     path = root / pure
     real = path.resolve()
     try:
@@ -474,10 +478,11 @@ def _open_file(path: Path) -> Checkpoint:
         return ckpt
     if name.endswith(TORCH_SUFFIXES):
         ckpt = Checkpoint(path, root, "torch-file", [], {})
-        _add_torch_file(ckpt, name)
         params = root / "params.json"
+        if params.is_file():  # read later; a link out of the folder is refused before anything is loaded
+            safe_member(root, "params.json", "folder")
+        _add_torch_file(ckpt, name)
         if params.is_file():
-            safe_member(root, "params.json", "folder")  # read later; a link out of the folder is refused now
             ckpt.config_file = "params.json"
             ckpt.notes.append("params.json found beside the file (Meta/TorchChat layout)")
         return ckpt
@@ -549,8 +554,10 @@ def _open_folder(root: Path, _inside_modules: bool = False) -> Checkpoint:
         modules = read_member_json(root, "modules.json", "modules.json")
         for module in modules if isinstance(modules, list) else []:
             sub = module.get("path") if isinstance(module, dict) else None
-            if isinstance(sub, str) and sub and (root / sub / "config.json").is_file():
-                folder = safe_member(root, sub, "modules.json")
+            if not isinstance(sub, str) or not sub:
+                continue
+            folder = safe_member(root, sub, "modules.json")  # before any look at the disk
+            if (folder / "config.json").is_file():
                 if folder.resolve() == root.resolve():
                     continue  # a module at "." is the folder itself, already looked at above
                 inner = _open_folder(folder, _inside_modules=True)

@@ -199,15 +199,24 @@ def _read_tensors(data, size: int, path: Path):
 
 
 def load_tensor(path: Path, name: str):
-    """A tensor of the GGUF file as float32 torch (quantized types dequantized by gguf)."""
+    """A tensor of the GGUF file as float32 torch (quantized types dequantized by gguf).
+
+    Only the tensor's bytes are read (see `read_tensors` for why not GGUFReader).
+    """
     import gguf
     import numpy as np
     import torch
 
-    reader = gguf.GGUFReader(path, "r")
-    (t,) = [t for t in reader.tensors if t.name == name]
-    values = gguf.quants.dequantize(t.data, t.tensor_type)
-    return torch.from_numpy(np.array(values, dtype=np.float32))  # a writable copy: the map is read-only
+    (_, type_name, shape, nbytes, offset), = [t for t in read_tensors(path) if t[0] == name]
+    qtype = gguf.GGMLQuantizationType[type_name]
+    raw = np.fromfile(path, dtype=np.uint8, count=nbytes, offset=offset)
+    rows = tuple(reversed(shape))  # GGUF lists dimensions innermost first
+    plain = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+    if type_name in plain:
+        values = raw.view(plain[type_name]).reshape(rows)
+    else:
+        values = gguf.quants.dequantize(raw.reshape(*rows[:-1], -1), qtype)
+    return torch.from_numpy(np.array(values, dtype=np.float32))  # a writable copy
 
 
 def write(src: Path, dst: Path, tensors: list[tuple[str, str]]) -> None:

@@ -449,6 +449,8 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
         ckpt: Checkpoint = report.checkpoint
     else:
         ckpt = open_checkpoint(src)
+        if hub.shadows_repo_id(src):
+            ckpt.notes.append(f"{src}: the local path was used, not the Hub repo of the same name")
         coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
         force = force or bool(coerced)
         report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
