@@ -19,7 +19,7 @@ from pathlib import Path
 
 CACHE_SCHEMA = 2
 FLAG = "tie_word_embeddings"
-# config keys that set a model's depth; reduced to 1 so a 5,000-layer config builds in milliseconds
+# config keys that set a model's depth; reduced to 2 so a 5,000-layer config builds in milliseconds
 DEPTH_KEYS = (
     "num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
     "num_decoder_layers", "num_encoder_layers",
@@ -326,18 +326,22 @@ def stored_key(expected: str, stored, prefix: str) -> str | None:
 
 
 def _reduced(config: dict, tie: bool | None) -> dict:
-    """A copy of `config` at depth 1 (and per-layer lists cut to match), flags set to `tie`."""
+    """A copy of `config` at depth 2 (per-layer lists and overrides cut to the first and last layer's),
+    flags set to `tie`."""
     out = copy.deepcopy(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
-        depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 1}
+        depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 2}
         for key in DEPTH_KEYS:
-            if isinstance(d.get(key), int) and d[key] > 1:
-                d[key] = 1
+            if isinstance(d.get(key), int) and d[key] > 2:
+                d[key] = 2
         for key, value in list(d.items()):
-            # per-layer lists (layer_types, mlp_layer_types...) follow the depth
-            if isinstance(value, list) and (key in ("layer_types", "mlp_only_layers", "block_types")
-                                            or len(value) in depths):
-                d[key] = value[:1]
+            # per-layer lists (layer_types, mlp_layer_types...) follow the depth; first and last keep a
+            # pattern's kinds (sliding..., full)
+            if isinstance(value, list) and len(value) > 2 and (
+                    key in ("layer_types", "mlp_only_layers", "block_types") or len(value) in depths):
+                d[key] = value[:1] + value[-1:]
+            elif isinstance(value, dict) and value and depths and all(str(k).isdigit() for k in value):
+                d[key] = _per_layer_dict(value, max(depths))
         if tie is not None and d is out:
             d[FLAG] = tie
     if tie is not None:  # every sub-config's flag, so the skeleton shows transformers' full tie map
@@ -529,7 +533,9 @@ def _shrink(d: dict) -> dict:
     out = dict(d)
     old_layers = {v for k, v in d.items() if k in LAYER_KEYS and isinstance(v, int) and v > TINY_LAYERS}
     for key, value in d.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            out[key] = _per_layer_dict(value, max(old_layers, default=TINY_LAYERS))
+        elif isinstance(value, dict):
             out[key] = _shrink(value)
         elif not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, list)):
             continue
@@ -557,6 +563,17 @@ def _shrink(d: dict) -> dict:
             out[key] = 2
         elif key.endswith("_rank") and value > TINY_HIDDEN:
             out[key] = TINY_HIDDEN // 2
+    return out
+
+
+def _per_layer_dict(overrides: dict, old_depth: int) -> dict:
+    """Per-layer overrides keyed by layer index: the first and the last layer's, as for per-layer lists."""
+    by_index = {int(k): (k, v) for k, v in overrides.items()}
+    out = {}
+    for new, old in ((0, 0), (TINY_LAYERS - 1, old_depth - 1)):
+        if old in by_index:
+            k, v = by_index[old]
+            out[str(new).zfill(len(str(k))) if isinstance(k, str) else new] = _shrink(v) if isinstance(v, dict) else v
     return out
 
 

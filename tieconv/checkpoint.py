@@ -9,10 +9,11 @@ conversion can stream from the same object.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from .errors import CorruptFileError, InputError, UnsafePickleError, UnsupportedCheckpointError
 from .safetensors_header import read_header
@@ -29,8 +30,7 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 NESTED_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module")
 
 
-@dataclass(frozen=True)
-class StoredTensor:
+class StoredTensor(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index builds 90k of them
     key: str
     dtype: str  # safetensors' dtype names: BF16, F32...
     shape: tuple[int, ...]
@@ -41,10 +41,7 @@ class StoredTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass

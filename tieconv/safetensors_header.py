@@ -10,8 +10,10 @@ header, validated against every rule of the format, so that every later step
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import CorruptFileError
 
@@ -27,8 +29,7 @@ DTYPE_BITS = {
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
-@dataclass(frozen=True)
-class HeaderEntry:
+class HeaderEntry(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index builds 90k of them
     dtype: str
     shape: tuple[int, ...]
     begin: int  # relative to the data buffer
@@ -49,16 +50,15 @@ class SafetensorsHeader:
 
 
 def _reject_duplicates(pairs):
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)  # in C; only a short dict means a repeated key, then find it
+    if len(obj) != len(pairs):
+        seen: set = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {repeated!r}")
     return obj
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
 
 
 def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
@@ -91,25 +91,21 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         raise bad("__metadata__ must map strings to strings")
 
     tensors: dict[str, HeaderEntry] = {}
+    # `type(x) is int` rejects bools (JSON true/false) as the format does; checks stay in C where they can,
+    # as a 90k-tensor index runs this loop 90k times
     for name, info in doc.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        if type(info) is not dict or info.keys() != ENTRY_FIELDS:
             raise bad(f"entry {name!r} must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        dtype_bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+        if dtype_bits is None:
             raise bad(f"entry {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        if type(shape) is not list or (shape and (set(map(type, shape)) != {int} or min(shape) < 0)):
             raise bad(f"entry {name!r} has an invalid shape {shape!r}")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_int(o) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-        ):
+        if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int \
+                or type(offsets[1]) is not int or not 0 <= offsets[0] <= offsets[1]:
             raise bad(f"entry {name!r} has invalid data_offsets {offsets!r}")
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        bits = numel * DTYPE_BITS[dtype]
+        bits = math.prod(shape) * dtype_bits
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
             raise bad(
                 f"entry {name!r}: {dtype} {shape} needs {bits / 8:g} bytes "
@@ -121,7 +117,7 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
 
     # The entries, sorted by offset, must tile the buffer exactly.
     position = 0
-    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+    for name, entry in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
         if entry.begin < position:
             raise bad(f"entry {name!r} overlaps the previous tensor")
         if entry.begin > position:
