@@ -187,8 +187,10 @@ def _quiet():
 
 
 def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines())  # validators put the cause below
+    if exc.__cause__ is not None and str(exc.__cause__) not in text:
+        text += f" ({type(exc.__cause__).__name__}: {str(exc.__cause__).strip()})"
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class _Timeout(Exception):
