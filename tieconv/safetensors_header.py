@@ -141,7 +141,11 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
+            stat = os.fstat(f.fileno())
+            file_size = stat.st_size
+            cached = _cached_header(path, stat)
+            if cached is not None:
+                return cached
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CorruptFileError(f"{path}: truncated: {file_size} bytes is too short for a safetensors file")
@@ -159,4 +163,60 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise CorruptFileError(f"{path}: is a folder, expected a safetensors file") from None
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_header(raw, file_size, path)
+    header = parse_header(raw, file_size, path)
+    if len(raw) >= CACHED_HEADER_BYTES:
+        _store_header(path, stat, header)
+    return header
+
+
+# A validated header, cached by the file's identity (device, inode, size, mtime and ctime in ns: ctime
+# cannot be set back by a user), so the second inspect of a 90k-tensor index reads 161 small marshal
+# files instead of parsing and validating 10 MB of JSON again (the parse, not the I/O, is what costs).
+# Only big headers are cached; a changed file misses and is parsed and validated again.
+CACHED_HEADER_BYTES = 32 << 10
+_HEADER_CACHE_VERSION = 1
+
+
+def _header_cache_file(path: str) -> str:
+    import hashlib
+
+    from .architecture import cache_dir
+
+    digest = hashlib.sha1(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()
+    return os.path.join(cache_dir(), "headers", digest + ".marshal")
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    return (_HEADER_CACHE_VERSION, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _cached_header(path: str, stat: os.stat_result) -> SafetensorsHeader | None:
+    import marshal
+
+    try:
+        with open(_header_cache_file(path), "rb") as f:
+            identity, data_start, data_size, metadata, entries = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if identity != _identity(stat):
+        return None
+    new = tuple.__new__
+    return SafetensorsHeader(path, data_start, data_size, metadata,
+                             {e[0]: new(HeaderEntry, e[1:]) for e in entries})
+
+
+def _store_header(path: str, stat: os.stat_result, header: SafetensorsHeader) -> None:
+    """Write atomically; go on silently when the cache folder is not writable."""
+    import marshal
+    import tempfile
+
+    entries = [(name, *entry) for name, entry in header.tensors.items()]
+    try:
+        target = _header_cache_file(path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".header-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(marshal.dumps((_identity(stat), header.data_start, header.data_size, header.metadata, entries)))
+        os.replace(tmp, target)
+    except (OSError, ValueError):
+        pass
