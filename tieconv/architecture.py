@@ -276,12 +276,15 @@ def _head_classes(config: dict) -> list:
     if not isinstance(model_type, str):
         return []
     out = []
-    for mapping in ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",) + HEAD_MAPPINGS[1:] + ("MODEL_MAPPING_NAMES",):
-        names = getattr(modeling_auto, mapping, {}).get(model_type)
-        for name in names if isinstance(names, (list, tuple)) else [names]:
-            cls = getattr(transformers, name, None) if isinstance(name, str) else None
-            if cls is not None and cls not in out:
-                out.append(cls)
+    for mappings in (HEAD_MAPPINGS, ("MODEL_MAPPING_NAMES",)):  # the base model only when no head class exists
+        for mapping in mappings:
+            names = getattr(modeling_auto, mapping, {}).get(model_type)
+            for name in names if isinstance(names, (list, tuple)) else [names]:
+                cls = getattr(transformers, name, None) if isinstance(name, str) else None
+                if cls is not None and cls not in out:
+                    out.append(cls)
+        if out:
+            break
     return out
 
 
