@@ -599,13 +599,25 @@ def _disk_names(model, names: set[str]) -> dict[str, str]:
 
     try:
         from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # older transformers: names are not renamed
+        return {n: n for n in names}
 
-        placeholders = {n: torch.empty(0) for n in names}  # distinct objects, so identity maps back
+    def revert(subset) -> dict[str, str]:
+        placeholders = {n: torch.empty(0) for n in subset}  # distinct objects, so identity maps back
         reverted = revert_weight_conversion(model, dict(placeholders))
         back = {id(t): k for k, t in reverted.items()}
         return {n: back.get(id(t), n) for n, t in placeholders.items()}
-    except Exception:  # noqa: BLE001 - older transformers: names are not renamed
-        return {n: n for n in names}
+
+    try:
+        return revert(names)
+    except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): one name at a time
+        out = {}
+        for n in names:
+            try:
+                out.update(revert([n]))
+            except Exception:  # noqa: BLE001
+                out[n] = n
+        return out
 
 
 def _flag_owner(model, cfg, head_mem, tie_mem) -> str:
