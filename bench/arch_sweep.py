@@ -270,7 +270,7 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
                 for target, source in tie_map.items():
                     if target in params and source in params and params[target].shape == params[source].shape:
                         params[target].copy_(params[source])
-                if not ties:
+                if not ties and u_head.shape == u_embed.shape:
                     u_head.copy_(u_embed)
                 folders["tieable"] = work / "tieable"
                 untied_model.save_pretrained(folders["tieable"])
@@ -325,6 +325,8 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     # a forced flag (T5): the data decides, and transformers keeps a stored, different head as its own
     expected = {"tied": "tied" if ties else "untied", "untied": "untied", "tieable": "tieable",
                 "duplicated": "duplicated", "conflict": "untied" if forced else "conflict"}
+    if head_w.shape != embed_w.shape:  # never equal, so never tieable
+        expected["tieable"] = "untied"
     for state, folder in folders.items():
         check = _check_state(tieconv, folder, expected[state], head_key, embed_key)
         result["states"][state] = check
