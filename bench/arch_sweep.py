@@ -187,8 +187,10 @@ def _quiet():
 
 
 def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines())  # validators put the cause below
+    if exc.__cause__ is not None and str(exc.__cause__) not in text:
+        text += f" ({type(exc.__cause__).__name__}: {str(exc.__cause__).strip()})"
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class _Timeout(Exception):
@@ -243,7 +245,8 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
             result["problems"].append(f"plain: {state['why']}")
         return result
 
-    ties = head_w is embed_w or any(True for _ in [0] if _tied_in_map(tied_model, head_w))
+    ties = head_w is embed_w or _tied_in_map(tied_model, head_w)
+    result["flag_changes_forward"] = _flag_changes_forward(tied_model, untied_model)
     u_embed, u_head = _head_and_embed(untied_model)
     forced = u_head is not None and u_head is u_embed  # the flag off still ties: nothing can untie it
     result["kind"] = "ties" if ties else "never-ties"
@@ -267,7 +270,7 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
                 for target, source in tie_map.items():
                     if target in params and source in params and params[target].shape == params[source].shape:
                         params[target].copy_(params[source])
-                if not ties:
+                if not ties and u_head.shape == u_embed.shape:
                     u_head.copy_(u_embed)
                 folders["tieable"] = work / "tieable"
                 untied_model.save_pretrained(folders["tieable"])
@@ -319,8 +322,11 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
             shutil.copytree(folders["tied"], folders["conflict"])
             _add_tensor(folders["conflict"], head_key, head_w * 0.5 + 0.25)
 
+    # a forced flag (T5): the data decides, and transformers keeps a stored, different head as its own
     expected = {"tied": "tied" if ties else "untied", "untied": "untied", "tieable": "tieable",
-                "duplicated": "duplicated", "conflict": "conflict"}
+                "duplicated": "duplicated", "conflict": "untied" if forced else "conflict"}
+    if head_w.shape != embed_w.shape:  # never equal, so never tieable
+        expected["tieable"] = "untied"
     for state, folder in folders.items():
         check = _check_state(tieconv, folder, expected[state], head_key, embed_key)
         result["states"][state] = check
@@ -337,15 +343,30 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
                 result["problems"].append(f"{action} {state}: lossless claimed, but {conv['why']}")
             elif conv["outcome"] == "error":
                 result["problems"].append(f"{action} {state}: {conv['why']}")
-    expected_done = [("untie", "tied"), ("tie", "duplicated"), ("untie", "duplicated"), ("untie", "conflict")]
-    if ties:
-        expected_done.append(("tie", "tieable"))
+    expected_done = [("tie", "duplicated")]
+    if not result["flag_changes_forward"]:  # flipping such a flag cannot be lossless: refusing is right
+        expected_done += [("untie", "tied"), ("untie", "duplicated"), ("untie", "conflict")]
+        if ties:
+            expected_done.append(("tie", "tieable"))
     for action, state in expected_done:
         conv = next((c for c in result["conversions"] if c["state"] == state and c["action"] == action), None)
         if conv and conv["outcome"] == "refused":
             result["problems"].append(f"{action} {state}: refused ({conv['why']})")
     result["status"] = "judged"
     return result
+
+
+def _flag_changes_forward(tied_model, untied_model) -> bool:
+    """The flag-off model given the flag-on model's very weights: does a forward change?"""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(untied_model)
+    with torch.no_grad(), _quiet():
+        probe.load_state_dict(tied_model.state_dict(), strict=False)
+        a, b = _logits(tied_model), _logits(probe)
+    return a is not None and b is not None and a.shape == b.shape and not torch.allclose(a, b, rtol=0, atol=1e-4)
 
 
 def _tied_in_map(model, head) -> bool:
@@ -416,6 +437,14 @@ def summarize(results: list[dict]) -> dict:
     }
 
 
+def _done_by_others(partial: Path) -> set:
+    """Classes another process on the same results file has judged since this one started."""
+    try:
+        return {tuple(json.loads(line)[k] for k in ("model_type", "class")) for line in partial.read_text().splitlines()}
+    except (OSError, ValueError):
+        return set()
+
+
 def write_knowledge(pairs, path: Path) -> int:
     """What tieconv learns live, for every class's tiny default config: read without torch or transformers."""
     from dataclasses import asdict
@@ -454,6 +483,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="class names or model types")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results in --out")
+    ap.add_argument("--reverse", action="store_true",
+                    help="walk the classes backwards (a second process on the same --out shares the work)")
     ap.add_argument("--knowledge", metavar="FILE",
                     help="instead of judging, learn each class from its tiny default config and write the "
                          "knowledge file tieconv ships (tieconv/architectures.json)")
@@ -478,6 +509,7 @@ def main(argv=None) -> int:
         pairs = [p for p in pairs if p[0] in args.only or p[1] in args.only]
     if args.limit:
         pairs = pairs[: args.limit]
+    order = list(reversed(pairs)) if args.reverse else pairs
     os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="sweep-cache-"))
     if args.knowledge:
         return write_knowledge(pairs, Path(args.knowledge))
@@ -486,8 +518,8 @@ def main(argv=None) -> int:
         raise _Timeout()
 
     signal.signal(signal.SIGALRM, on_alarm)
-    for i, (model_type, name) in enumerate(pairs, 1):
-        if (model_type, name) in done:
+    for i, (model_type, name) in enumerate(order, 1):
+        if (model_type, name) in done or (model_type, name) in _done_by_others(partial):
             continue
         start = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix="sweep-"))
@@ -510,6 +542,9 @@ def main(argv=None) -> int:
         mark = "ok" if r.get("status") == "judged" and not r["problems"] else r.get("status")
         print(f"[{i}/{len(pairs)}] {model_type}/{name}: {mark} {r.get('problems', [])[:2]} ({r['seconds']} s)",
               flush=True)
+    for line in partial.read_text().splitlines():  # what other processes judged too
+        r = json.loads(line)
+        done.setdefault((r["model_type"], r["class"]), r)
     results = [done[p] for p in pairs if p in done]
     summary = summarize(results)
     out.write_text(json.dumps({"transformers": transformers.__version__, "summary": summary, "results": results},

@@ -21,7 +21,7 @@ from pathlib import Path
 
 CACHE_SCHEMA = 2
 FLAG = "tie_word_embeddings"
-# config keys that set a model's depth; reduced to 1 so a 5,000-layer config builds in milliseconds
+# config keys that set a model's depth; reduced to 2 so a 5,000-layer config builds in milliseconds
 DEPTH_KEYS = (
     "num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
     "num_decoder_layers", "num_encoder_layers",
@@ -279,12 +279,15 @@ def _head_classes(config: dict) -> list:
     if not isinstance(model_type, str):
         return []
     out = []
-    for mapping in ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",) + HEAD_MAPPINGS[1:] + ("MODEL_MAPPING_NAMES",):
-        names = getattr(modeling_auto, mapping, {}).get(model_type)
-        for name in names if isinstance(names, (list, tuple)) else [names]:
-            cls = getattr(transformers, name, None) if isinstance(name, str) else None
-            if cls is not None and cls not in out:
-                out.append(cls)
+    for mappings in (HEAD_MAPPINGS, ("MODEL_MAPPING_NAMES",)):  # the base model only when no head class exists
+        for mapping in mappings:
+            names = getattr(modeling_auto, mapping, {}).get(model_type)
+            for name in names if isinstance(names, (list, tuple)) else [names]:
+                cls = getattr(transformers, name, None) if isinstance(name, str) else None
+                if cls is not None and cls not in out:
+                    out.append(cls)
+        if out:
+            break
     return out
 
 
@@ -375,20 +378,24 @@ def _offline():
 
 
 def _reduced(config: dict, tie: bool | None) -> dict:
-    """A copy of `config` at depth 1 (and per-layer lists cut to match), flags set to `tie`."""
+    """A copy of `config` at depth 2 (per-layer lists and overrides cut to the first and last layer's),
+    flags set to `tie`."""
     out = _sanitised(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
-        depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 1}
+        depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 2}
         for key in DEPTH_KEYS:
-            if isinstance(d.get(key), int) and d[key] > 1:
-                d[key] = 1
+            if isinstance(d.get(key), int) and d[key] > 2:
+                d[key] = 2
         for key, value in list(d.items()):
-            # per-layer lists (layer_types, mlp_layer_types...) follow the depth
-            if isinstance(value, list) and (key in ("layer_types", "mlp_only_layers", "block_types")
-                                            or len(value) in depths):
-                d[key] = value[:1]
-            elif key in ("block_sizes", "block_repeats") and isinstance(value, list) and value:
+            # per-layer lists (layer_types, mlp_layer_types...) follow the depth; first and last keep a
+            # pattern's kinds (sliding..., full)
+            if key in ("block_sizes", "block_repeats") and isinstance(value, list) and value:
                 d[key] = [1]  # Funnel: one block of one layer
+            elif isinstance(value, list) and len(value) > 2 and (
+                    key in ("layer_types", "mlp_only_layers", "block_types") or len(value) in depths):
+                d[key] = value[:1] + value[-1:]
+            elif isinstance(value, dict) and value and depths and all(str(k).isdigit() for k in value):
+                d[key] = _per_layer_dict(value, max(depths))
         if tie is not None and d is out:
             d[FLAG] = tie
     if tie is not None:  # every sub-config's flag, so the skeleton shows transformers' full tie map
@@ -585,7 +592,9 @@ def _shrink(d: dict) -> dict:
     out = dict(d)
     old_layers = {v for k, v in d.items() if k in LAYER_KEYS and isinstance(v, int) and v > TINY_LAYERS}
     for key, value in d.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            out[key] = _per_layer_dict(value, max(old_layers, default=TINY_LAYERS))
+        elif isinstance(value, dict):
             out[key] = _shrink(value)
         elif not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, list)):
             continue
@@ -616,6 +625,17 @@ def _shrink(d: dict) -> dict:
     return out
 
 
+def _per_layer_dict(overrides: dict, old_depth: int) -> dict:
+    """Per-layer overrides keyed by layer index: the first and the last layer's, as for per-layer lists."""
+    by_index = {int(k): (k, v) for k, v in overrides.items()}
+    out = {}
+    for new, old in ((0, 0), (TINY_LAYERS - 1, old_depth - 1)):
+        if old in by_index:
+            k, v = by_index[old]
+            out[str(new).zfill(len(str(k))) if isinstance(k, str) else new] = _shrink(v) if isinstance(v, dict) else v
+    return out
+
+
 def _token_ids_in_vocab(d: dict, free: list[int]) -> None:
     for key, value in list(d.items()):
         if isinstance(value, dict):
@@ -635,13 +655,25 @@ def _disk_names(model, names: set[str]) -> dict[str, str]:
 
     try:
         from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # older transformers: names are not renamed
+        return {n: n for n in names}
 
-        placeholders = {n: torch.empty(0) for n in names}  # distinct objects, so identity maps back
+    def revert(subset) -> dict[str, str]:
+        placeholders = {n: torch.empty(0) for n in subset}  # distinct objects, so identity maps back
         reverted = revert_weight_conversion(model, dict(placeholders))
         back = {id(t): k for k, t in reverted.items()}
         return {n: back.get(id(t), n) for n, t in placeholders.items()}
-    except Exception:  # noqa: BLE001 - older transformers: names are not renamed
-        return {n: n for n in names}
+
+    try:
+        return revert(names)
+    except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): one name at a time
+        out = {}
+        for n in names:
+            try:
+                out.update(revert([n]))
+            except Exception:  # noqa: BLE001
+                out[n] = n
+        return out
 
 
 def _flag_owner(model, cfg, head_mem, tie_mem) -> str:

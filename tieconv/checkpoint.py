@@ -9,12 +9,13 @@ conversion can stream from the same object.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from .errors import CorruptFileError, InputError, UnsafePickleError, UnsupportedCheckpointError
 from .safetensors_header import read_header
@@ -38,8 +39,7 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 NESTED_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module")
 
 
-@dataclass(frozen=True)
-class StoredTensor:
+class StoredTensor(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index builds 90k of them
     key: str
     dtype: str  # safetensors' dtype names: BF16, F32...
     shape: tuple[int, ...]
@@ -50,10 +50,7 @@ class StoredTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass
@@ -110,13 +107,14 @@ class Checkpoint:
             raise CorruptFileError(f"{where}: the checkpoint holds over {MAX_TENSORS} tensors, far more than "
                                    "any real model; refusing it")
         self.file_sizes[name] = header.data_start + header.data_size
-        for key, entry in header.tensors.items():
-            if key in self.tensors:
-                raise CorruptFileError(f"{where}: key {key!r} is also stored in {self.tensors[key].file}")
-            self.tensors[key] = StoredTensor(
-                key, entry.dtype, entry.shape, entry.nbytes, name, (name, entry.begin, entry.end),
-                header.data_start + entry.begin,
-            )
+        clash = self.tensors.keys() & header.tensors.keys()
+        if clash:
+            key = min(clash)
+            raise CorruptFileError(f"{where}: key {key!r} is also stored in {self.tensors[key].file}")
+        new, start = tuple.__new__, header.data_start  # tuple.__new__: no per-entry Python frame (90k entries)
+        for key, (dtype, shape, begin, end) in header.tensors.items():
+            self.tensors[key] = new(StoredTensor, (key, dtype, shape, end - begin, name, (name, begin, end),
+                                                   start + begin))
         self.files.append(name)
         self.file_metadata[name] = header.metadata
         for dropped, kept in header.metadata.items():

@@ -123,8 +123,7 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
             write_text(weights / "config.json",
                        json.dumps(_apply_changes(ckpt.config, p.config_changes), indent=2) + "\n")
         check_path = weights / p.files[0].name if p.output_is_file else tmp
-        out_report = inspect(check_path, embed=report.embed.key, head=report.head.key if report.head else None,
-                             compare=verify != "none")
+        out_report = _inspect_output(check_path, report, compare=verify != "none")
         _verify(p, report, out_report, verify)
         verdict = out_report.verdict if out_report.verdict != "undecided" else p.output_verdict
         written = sorted(str(Path(d, n).relative_to(tmp)) for d, _, names in os.walk(tmp) for n in names)
@@ -204,6 +203,22 @@ def _apply_changes(config: dict, changes: dict[str, object]) -> dict:
 
 
 SAMPLE_BYTES = 4096
+
+
+def _inspect_output(path: Path, report: Report, compare: bool) -> Report:
+    """The written output, read with the input's names where the output still stores them.
+
+    The names matter for files without a config (an unusual key the user named); a key the
+    conversion dropped (FSMT's decoder embedding, a tie target) is left to the output's own rules.
+    """
+    from .checkpoint import open_checkpoint
+    from .inspection import inspect_checkpoint
+
+    out = open_checkpoint(path)
+    stored = set(out.tensors) | set(out.aliases)
+    embed = report.embed.key if report.embed and report.embed.key in stored else None
+    head = report.head.key if report.head and report.head.key in stored else None
+    return inspect_checkpoint(out, embed=embed, head=head, compare=compare)
 
 
 def _verify(p: Plan, report: Report, out: Report, verify: str) -> None:

@@ -10,8 +10,10 @@ header, validated against every rule of the format, so that every later step
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import CorruptFileError
 
@@ -33,8 +35,7 @@ DTYPE_BITS = {
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
-@dataclass(frozen=True)
-class HeaderEntry:
+class HeaderEntry(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index builds 90k of them
     dtype: str
     shape: tuple[int, ...]
     begin: int  # relative to the data buffer
@@ -55,16 +56,15 @@ class SafetensorsHeader:
 
 
 def _reject_duplicates(pairs):
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)  # in C; only a short dict means a repeated key, then find it
+    if len(obj) != len(pairs):
+        seen: set = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {repeated!r}")
     return obj
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
 
 
 def _short(value, limit: int = 80) -> str:
@@ -124,25 +124,23 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         raise bad("a name holds a lone UTF-16 surrogate, which no UTF-8 file can hold")
 
     tensors: dict[str, HeaderEntry] = {}
+    # `type(x) is int` rejects bools (JSON true/false) as the format does; checks stay in C where they can,
+    # as a 90k-tensor index runs this loop 90k times
     for name, info in doc.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        if type(info) is not dict or info.keys() != ENTRY_FIELDS:
             raise bad(f"entry {_short(name)} must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        dtype_bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+        if dtype_bits is None:
             raise bad(f"entry {_short(name)} has unknown dtype {_short(dtype)}")
-        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+        # type() is not int also refuses bools; the bounds keep sizes within what any file can hold
+        if type(shape) is not list or len(shape) > MAX_NDIM or (shape and (
+                set(map(type, shape)) != {int} or min(shape) < 0 or max(shape) > MAX_DIM)):
             raise bad(f"entry {_short(name)} has an invalid shape {_short(shape)}")
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_int(o) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
-        ):
+        if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int \
+                or type(offsets[1]) is not int or not 0 <= offsets[0] <= offsets[1]:
             raise bad(f"entry {_short(name)} has invalid data_offsets {_short(offsets)}")
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        bits = numel * DTYPE_BITS[dtype]
+        bits = math.prod(shape) * dtype_bits
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
             raise bad(
                 f"entry {_short(name)}: {dtype} {_short(shape)} needs {bits / 8:g} bytes "
@@ -154,7 +152,7 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
 
     # The entries, sorted by offset, must tile the buffer exactly.
     position = 0
-    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+    for name, entry in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
         if entry.begin < position:
             raise bad(f"entry {_short(name)} overlaps the previous tensor")
         if entry.begin > position:
@@ -178,7 +176,11 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
+            stat = os.fstat(f.fileno())
+            file_size = stat.st_size
+            cached = _cached_header(path, stat)
+            if cached is not None:
+                return cached
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CorruptFileError(f"{path}: truncated: {file_size} bytes is too short for a safetensors file")
@@ -196,4 +198,60 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise CorruptFileError(f"{path}: is a folder, expected a safetensors file") from None
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_header(raw, file_size, path)
+    header = parse_header(raw, file_size, path)
+    if len(raw) >= CACHED_HEADER_BYTES:
+        _store_header(path, stat, header)
+    return header
+
+
+# A validated header, cached by the file's identity (device, inode, size, mtime and ctime in ns: ctime
+# cannot be set back by a user), so the second inspect of a 90k-tensor index reads 161 small marshal
+# files instead of parsing and validating 10 MB of JSON again (the parse, not the I/O, is what costs).
+# Only big headers are cached; a changed file misses and is parsed and validated again.
+CACHED_HEADER_BYTES = 32 << 10
+_HEADER_CACHE_VERSION = 1
+
+
+def _header_cache_file(path: str) -> str:
+    import hashlib
+
+    from .architecture import cache_dir
+
+    digest = hashlib.sha1(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()
+    return os.path.join(cache_dir(), "headers", digest + ".marshal")
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    return (_HEADER_CACHE_VERSION, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _cached_header(path: str, stat: os.stat_result) -> SafetensorsHeader | None:
+    import marshal
+
+    try:
+        with open(_header_cache_file(path), "rb") as f:
+            identity, data_start, data_size, metadata, entries = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if identity != _identity(stat):
+        return None
+    new = tuple.__new__
+    return SafetensorsHeader(path, data_start, data_size, metadata,
+                             {e[0]: new(HeaderEntry, e[1:]) for e in entries})
+
+
+def _store_header(path: str, stat: os.stat_result, header: SafetensorsHeader) -> None:
+    """Write atomically; go on silently when the cache folder is not writable."""
+    import marshal
+    import tempfile
+
+    entries = [(name, *entry) for name, entry in header.tensors.items()]
+    try:
+        target = _header_cache_file(path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".header-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(marshal.dumps((_identity(stat), header.data_start, header.data_size, header.metadata, entries)))
+        os.replace(tmp, target)
+    except (OSError, ValueError):
+        pass
