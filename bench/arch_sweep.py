@@ -412,9 +412,27 @@ def _check_conversion(tieconv, cls, src: Path, dst: Path, action: str, loaded: d
         diffs = _differences(loaded["input"], _load(cls, dst, 2))
     except Exception as exc:  # noqa: BLE001
         return {**entry, "outcome": "lossy", "why": f"transformers cannot load the output: {_error(exc)}"}
+    # `tieconv diff` is not its own judge: what it says (without loading) must match what transformers did
+    entry["diff_agrees"], diff_line = _diff_agrees(tieconv, src, dst, result, not diffs)
+    if not entry["diff_agrees"]:
+        return {**entry, "outcome": "lossy" if diffs else "error",
+                "why": f"tieconv diff disagrees with transformers: {diff_line}"}
     if diffs:
         return {**entry, "outcome": "lossy", "why": f"reloads differ in {diffs[:4]}"}
     return {**entry, "outcome": "lossless", "verdict": result.verdict}
+
+
+def _diff_agrees(tieconv, src: Path, dst: Path, result, transformers_equal: bool) -> tuple[bool, str]:
+    """The conversion's own verification question, asked again: is OUT what a loader builds from IN, except
+    the planned change? It must answer as transformers' reload did."""
+    from tieconv.convert import _expected_values
+    from tieconv.equivalence import compare_reports
+
+    before = tieconv.inspect(src)
+    after = tieconv.inspect(dst, compare=False)
+    found = compare_reports(before, after, expected_values=_expected_values(result.plan, before),
+                            expected_config=dict(result.plan.config_changes))
+    return found.equivalent == transformers_equal, found.headline()
 
 
 # ---------------------------------------------------------------- running and summing up

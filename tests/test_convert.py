@@ -543,3 +543,11 @@ def test_summaries_read_as_a_person_writes(tmp_path):
     result = cli_run("untie", FIXTURES / "llama-tied", tmp_path / "out")
     assert "store the tie-map target as its own tensor and untie" in result.output
     assert "(s)" not in result.output and "0 B less" not in result.output
+
+
+def test_plans_say_which_runtimes_disagree_and_that_they_agree_after(tmp_path):
+    plan = tieconv.untie(FIXTURES / "llama-conflict", tmp_path / "out", dry_run=True).plan
+    assert "MLX-LM uses the embedding" in plan.runtimes and "they all use the same head" in plan.runtimes
+    assert plan.to_dict()["runtimes"] == plan.runtimes
+    result = cli_run("untie", FIXTURES / "llama-conflict", tmp_path / "out2", "--dry-run")
+    assert "runtimes: Runtimes disagree today" in result.output

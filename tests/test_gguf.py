@@ -132,3 +132,29 @@ def test_gguf_tie_refused_where_llama_cpp_requires_the_head(tmp_path):
     with pytest.raises(RefusedError, match="gptneox loader requires output.weight"):
         tieconv.tie(path, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_gguf_write_under_a_file_size_limit_is_a_clean_refusal(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    path = tmp_path / "m.gguf"
+    embed = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("output.weight", embed.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    result = subprocess.run([sys.executable, "-m", "tieconv.cli", "tie", str(path), str(tmp_path / "out.gguf")],
+                            preexec_fn=cap, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "file size limit" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]

@@ -277,6 +277,7 @@ def test_dry_run_downloads_no_weight_file(hub, tmp_path, xdg):
                      xdg=xdg, check=True)
     doc = json.loads(result.stdout)
     assert doc["plan"]["dropped"] == ["lm_head.weight"] and doc["bytes_saved"] == 2048
+    assert 2 * 2048 <= doc["downloaded_bytes"] < 64 * 1024  # headers and the two tensors compared, no more
     assert not (tmp_path / "out").exists()
     assert [f for f in cached_files(home, "org/tiny-dup") if f.endswith(".safetensors")] == []
 

@@ -40,6 +40,7 @@ class ConversionResult:
     warnings: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)  # output files that are hard links to the input's
     verified: str = "none"  # "sample", "full" or "none"
+    downloaded_bytes: int = 0  # fetched from the Hub to plan (headers, and the two tensors' ranges when compared)
 
     def to_dict(self) -> dict:
         p = self.plan
@@ -54,6 +55,7 @@ class ConversionResult:
             "loader_bytes_saved": p.loader_bytes_saved,
             "linked": self.linked,
             "verified": self.verified,
+            "downloaded_bytes": self.downloaded_bytes,
             "warnings": self.warnings,
             "plan": p.to_dict(),
         }
@@ -375,13 +377,16 @@ def _run(action: str, src: str | os.PathLike, dst: str | os.PathLike, *, dry_run
          **options) -> ConversionResult:
     start = time.monotonic()
     p, report = plan(action, src, dst, download=False, **options)  # a Hub repo: from its headers
+    planned_from_hub = report.downloaded_bytes
     preflight(p, report.checkpoint.path)  # OUT is checked the same way whether or not anything is written
     if not (p.nothing_to_do or dry_run) and report.layout == "hub":
         p, report = plan(action, src, dst, **options)  # now download what the plan needs, and plan from the files
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
-                                report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings))
+                                report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings),
+                                downloaded_bytes=planned_from_hub)
     result = execute(p, report, verify=verify)
+    result.downloaded_bytes = planned_from_hub
     result.seconds = time.monotonic() - start
     return result
 
@@ -413,5 +418,10 @@ def summary(result: ConversionResult) -> str:
         n = len(p.files)
         lines.append(f"  dry run: would write {n} weight file{'s' if n != 1 else ''}; "
                      f"{'save' if p.bytes_saved >= 0 else 'add'} {human_bytes(abs(p.bytes_saved))}")
+    if result.downloaded_bytes:
+        lines.append(f"  planned from the Hub: {human_bytes(result.downloaded_bytes)} fetched (headers and, where "
+                     "the verdict needed them, the two tensors' byte ranges)")
+    if p.runtimes:
+        lines.append(f"  runtimes: {p.runtimes}")
     lines += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(lines)

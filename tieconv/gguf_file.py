@@ -249,7 +249,10 @@ def write(src: Path, dst: Path, tensors: list[tuple[str, str]]) -> None:
         writer.write_ti_data_to_file()
         for _, source in tensors:
             writer.write_tensor_data(by_name[source].data, tensor_endianess=reader.endianess)
-    except OSError:
+    except OSError as exc:
+        if exc.errno is None:  # numpy's tofile reports a short write without an errno (EFBIG, ENOSPC)
+            raise OutputError(f"{dst.name}: the write stopped short ({exc}): the disk is full or a file size limit "
+                              "was reached; free space (or raise the limit) and retry") from None
         raise
     except Exception as exc:  # noqa: BLE001
         raise OutputError(f"{dst}: could not write GGUF ({exc})") from None

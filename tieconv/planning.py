@@ -67,6 +67,7 @@ class Plan:
     left_out: dict[str, str] = field(default_factory=dict)  # what is not carried into OUT -> why
     link: bool = False
     warnings: list[str] = field(default_factory=list)
+    runtimes: str = ""  # which runtimes disagree about the head today, and whether they agree after
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -491,7 +492,19 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
     p.output_verdict = _output_verdict(action, report, reason, p)
     p.warnings += carried_warnings + _warnings(action, report, p, ckpt, drop_optimizer)
     p.loader_bytes_saved = _loader_bytes(report) - _loader_bytes_after(report, p)
+    p.runtimes = _runtime_agreement(report, p.output_verdict)
     return p, report
+
+
+def _runtime_agreement(report: Report, output_verdict: str | None) -> str:
+    """The runtime table's sentence for this conversion (empty where no runtime rule applies)."""
+    from .runtimes import agreement_advice
+
+    after = {"tied": "tied", "duplicated": "duplicated"}.get(output_verdict or "", "untied")
+    try:
+        return agreement_advice(report, after=after)
+    except (KeyError, ValueError):  # a verdict or layout the runtime tables do not model
+        return ""
 
 
 def _check_carriable(ckpt: Checkpoint, fmt: str, drop_optimizer: bool) -> dict[str, str]:
