@@ -297,6 +297,7 @@ def _class_by_keys(config: dict, keys: set[str]):
     A BART export whose keys are `model.encoder.*` is BartForConditionalGeneration, not the first class
     the model type maps to (BartForCausalLM).
     """
+    config = _as_transformers_reads(config)
     candidates = _head_classes(config)
     if len(candidates) <= 1 or not keys:
         return candidates[0] if candidates else None
@@ -433,6 +434,7 @@ def _learn_from_transformers(config: dict, cls=None) -> ArchitectureInfo | None:
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    config = _as_transformers_reads(config)
     with _offline():
         return _learn_offline(config, cls)
 
@@ -487,6 +489,14 @@ def _learn_offline(config: dict, cls=None) -> ArchitectureInfo | None:
         default=table["absent,absent"],
         also_changes=also_changes,
     )
+
+
+def _as_transformers_reads(config: dict) -> dict:
+    """config.json as transformers' own reader returns it: `{"__float__": "Infinity"}` back to a float."""
+    from transformers import PretrainedConfig
+
+    decode = getattr(PretrainedConfig, "_decode_special_floats", None)
+    return decode(config) if decode is not None else config
 
 
 def _embedding(model, getter: str):
