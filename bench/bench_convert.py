@@ -57,7 +57,9 @@ def main() -> None:
                 rss = max(rss, peak)
             shutil.rmtree(work / name)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"input: {src} (3.0 GB, 3 shards); median of {args.repeat}, alternated")
+    shards = len(list(src.glob("*.safetensors")))
+    size = sum(f.stat().st_size for f in src.iterdir()) / 1e9
+    print(f"input: {src} ({size:.1f} GB, {shards} shards); median of {args.repeat}, alternated")
     print(f"tieconv tie:        {med['tie']:.2f} s vs cp -r {med['cp']:.2f} s -> ratio {med['tie'] / med['cp']:.2f} (goal <= 1.0)")
     print(f"tieconv tie:        {med['tie']:.2f} s vs cp -r && sync {med['cpsync']:.2f} s -> ratio "
           f"{med['tie'] / med['cpsync']:.2f} (both durable on disk)")
