@@ -14,10 +14,12 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 CACHE_SCHEMA = 2
 FLAG = "tie_word_embeddings"
@@ -85,7 +87,7 @@ class ArchitectureInfo:
             return source
         return self.embed if self.embed in targets else targets[0]
 
-    def effective_flag(self, config: dict) -> tuple[bool, str, bool | None, bool | None]:
+    def effective_flag(self, config: dict[str, Any]) -> tuple[bool, str, bool | None, bool | None]:
         """(value, source, raw top-level value, raw value in the governing sub-config) for a config.json dict."""
         top = _raw_flag(config)
         sub_cfg = config.get(self.flag_owner) if self.flag_owner else None
@@ -108,7 +110,7 @@ class ArchitectureInfo:
         return f"{self.flag_owner}.{FLAG}" if self.flag_owner else FLAG
 
 
-def _raw_flag(config) -> bool | None:
+def _raw_flag(config: object) -> bool | None:
     value = config.get(FLAG) if isinstance(config, dict) else None
     return value if isinstance(value, bool) else None
 
@@ -136,7 +138,7 @@ def _cache_file() -> Path:
     return cache_dir() / f"architectures-transformers-{transformers_version()}-v{CACHE_SCHEMA}.json"
 
 
-def cache_key(config: dict) -> str:
+def cache_key(config: dict[str, Any]) -> str:
     """Everything in a config that changes what is learned, and nothing that does not (no sizes).
 
     The class, the model type, the sub-configs' model types (Llava with Gemma vs with Llama) and the
@@ -150,14 +152,14 @@ def cache_key(config: dict) -> str:
     return json.dumps([architecture_name(config), config.get("model_type"), subs, layer_values])
 
 
-def _walk(doc: dict):
+def _walk(doc: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for k, v in doc.items():
         yield k, v
         if isinstance(v, dict) and isinstance(v.get("model_type"), str):
             yield from _walk(v)
 
 
-def _load_knowledge() -> dict:
+def _load_knowledge() -> dict[str, Any]:
     """The shipped entries, when they were made with the installed transformers version."""
     try:
         with open(KNOWLEDGE_FILE, encoding="utf-8") as f:
@@ -171,7 +173,7 @@ def _load_knowledge() -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def _load_cache() -> dict:
+def _load_cache() -> dict[str, Any]:
     try:
         with open(_cache_file(), encoding="utf-8") as f:
             data = json.load(f)
@@ -180,7 +182,7 @@ def _load_cache() -> dict:
         return {}
 
 
-def _store_cache(key: str, entry) -> None:
+def _store_cache(key: str, entry: dict[str, Any] | str) -> None:
     """Write atomically; go on silently when the cache folder is not writable."""
     try:
         folder = cache_dir()
@@ -198,18 +200,18 @@ def _store_cache(key: str, entry) -> None:
 # ---------------------------------------------------------------- learning
 
 
-def architecture_name(config: dict) -> str:
+def architecture_name(config: dict[str, Any]) -> str:
     archs = config.get("architectures")
     if isinstance(archs, list) and archs and isinstance(archs[0], str):
         return archs[0]
     return ""
 
 
-def needs_remote_code(config: dict) -> bool:
+def needs_remote_code(config: dict[str, Any]) -> bool:
     return bool(config.get("auto_map"))
 
 
-def learn(config: dict, keys=None) -> ArchitectureInfo | None:
+def learn(config: dict[str, Any], keys: Iterable[str] | None = None) -> ArchitectureInfo | None:
     """Architecture knowledge for `config`: the shipped file, the cache, or transformers itself.
 
     `keys` (the stored tensor names) choose the head class when the config names no `architectures`.
@@ -233,7 +235,7 @@ def learn(config: dict, keys=None) -> ArchitectureInfo | None:
     return info
 
 
-def _choose_class(config: dict, keys: list[str]) -> str | None:
+def _choose_class(config: dict[str, Any], keys: list[str]) -> str | None:
     """The class name for a config without `architectures`, cached by model type and the shape of the keys."""
     import hashlib
 
@@ -250,7 +252,7 @@ def _choose_class(config: dict, keys: list[str]) -> str | None:
     return cls.__name__
 
 
-def _from_entry(entry) -> ArchitectureInfo | None:
+def _from_entry(entry: object) -> ArchitectureInfo | None:
     if not isinstance(entry, dict):
         return None
     try:
@@ -259,18 +261,18 @@ def _from_entry(entry) -> ArchitectureInfo | None:
         return None
 
 
-def _model_class(config: dict):
+def _model_class(config: dict[str, Any]) -> type[Any] | None:
     import transformers
 
     name = architecture_name(config)
-    cls = getattr(transformers, name, None) if name else None
+    cls: type[Any] | None = getattr(transformers, name, None) if name else None
     if cls is not None and hasattr(cls, "config_class"):
         return cls
     candidates = _head_classes(config)
     return candidates[0] if candidates else None
 
 
-def _head_classes(config: dict) -> list:
+def _head_classes(config: dict[str, Any]) -> list[type[Any]]:
     """The head classes transformers maps this config's model type to (then its base model)."""
     import transformers
     from transformers.models.auto import modeling_auto
@@ -291,7 +293,7 @@ def _head_classes(config: dict) -> list:
     return out
 
 
-def _class_by_keys(config: dict, keys: set[str]):
+def _class_by_keys(config: dict[str, Any], keys: set[str]) -> type[Any] | None:
     """Without `architectures`: the head class whose parameter names match the stored keys best.
 
     A BART export whose keys are `model.encoder.*` is BartForConditionalGeneration, not the first class
@@ -316,7 +318,7 @@ def _class_by_keys(config: dict, keys: set[str]):
     return best
 
 
-def stored_key(expected: str, stored, prefix: str) -> str | None:
+def stored_key(expected: str, stored: Container[str], prefix: str) -> str | None:
     """The stored key a transformers loader reads for `expected`, with its base-model-prefix rule.
 
     transformers adds or strips exactly `base_model_prefix.` (a base model's save loads into a head
@@ -340,7 +342,7 @@ NETWORK_KEYS = ("backbone", "use_pretrained_backbone", "backbone_kwargs")
 LABEL_KEYS = ("id2label", "label2id")
 
 
-def _sanitised(config: dict) -> dict:
+def _sanitised(config: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of `config` without the fields above, at every level of nesting."""
     out = copy.deepcopy(config)
     todo = [out]
@@ -360,7 +362,7 @@ _OFFLINE = threading.RLock()
 
 
 @contextmanager
-def _offline():
+def _offline() -> Iterator[None]:
     """huggingface_hub offline for the whole process while a skeleton is built.
 
     Setting HF_HUB_OFFLINE in the environment after huggingface_hub is imported has no effect;
@@ -378,7 +380,7 @@ def _offline():
             constants.HF_HUB_OFFLINE = before
 
 
-def _reduced(config: dict, tie: bool | None) -> dict:
+def _reduced(config: dict[str, Any], tie: bool | None) -> dict[str, Any]:
     """A copy of `config` at depth 2 (per-layer lists and overrides cut to the first and last layer's),
     flags set to `tie`."""
     out = _sanitised(config)
@@ -411,7 +413,7 @@ def _reduced(config: dict, tie: bool | None) -> dict:
 MAX_FULL_DEPTH = 1000  # a hostile config's layer count must not cost minutes
 
 
-def _build_skeleton(cls, config: dict, tie: bool | None = True):
+def _build_skeleton(cls: type[Any], config: dict[str, Any], tie: bool | None = True) -> tuple[Any, Any]:
     import torch
 
     cfg = cls.config_class.from_dict(_reduced(config, tie))
@@ -427,19 +429,19 @@ def _build_skeleton(cls, config: dict, tie: bool | None = True):
             return cls(cfg), cfg
 
 
-def _learn_from_transformers(config: dict, cls=None) -> ArchitectureInfo | None:
+def _learn_from_transformers(config: dict[str, Any], cls: type[Any] | None = None) -> ArchitectureInfo | None:
     import logging
 
     import transformers
 
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     logging.getLogger("transformers").setLevel(logging.ERROR)
     config = _as_transformers_reads(config)
     with _offline():
         return _learn_offline(config, cls)
 
 
-def _learn_offline(config: dict, cls=None) -> ArchitectureInfo | None:
+def _learn_offline(config: dict[str, Any], cls: type[Any] | None = None) -> ArchitectureInfo | None:
     cls = cls or _model_class(config)
     if cls is None:
         return None
@@ -491,7 +493,7 @@ def _learn_offline(config: dict, cls=None) -> ArchitectureInfo | None:
     )
 
 
-def _as_transformers_reads(config: dict) -> dict:
+def _as_transformers_reads(config: dict[str, Any]) -> dict[str, Any]:
     """config.json as transformers' own reader returns it: `{"__float__": "Infinity"}` back to a float."""
     from transformers import PretrainedConfig
 
@@ -499,7 +501,7 @@ def _as_transformers_reads(config: dict) -> dict:
     return decode(config) if decode is not None else config
 
 
-def _embedding(model, getter: str):
+def _embedding(model: Any, getter: str) -> Any:
     """The module `get_input_embeddings`/`get_output_embeddings` returns, or None (speech, vision models)."""
     try:
         return getattr(model, getter)()
@@ -507,7 +509,7 @@ def _embedding(model, getter: str):
         return None
 
 
-def _parameter_name(model, module) -> str | None:
+def _parameter_name(model: Any, module: Any) -> str | None:
     """The parameter's own name (`model.embed_tokens.word_embeddings.weight` for a wrapper), not the module's."""
     weight = getattr(module, "weight", None) if module is not None else None
     if weight is None or getattr(weight, "dim", lambda: 0)() != 2:
@@ -520,7 +522,7 @@ def _parameter_name(model, module) -> str | None:
     return own[0] if own else names[0]
 
 
-def _with_flag(config: dict, value: bool, owner: str) -> dict:
+def _with_flag(config: dict[str, Any], value: bool, owner: str) -> dict[str, Any]:
     """`config` with the flag set as a conversion writes it: at the top level and in the governing sub-config."""
     out = copy.deepcopy(config)
     out[FLAG] = value
@@ -530,7 +532,7 @@ def _with_flag(config: dict, value: bool, owner: str) -> dict:
     return out
 
 
-def _forward_changes(cls, config: dict, owner: str) -> str | None:
+def _forward_changes(cls: type[Any], config: dict[str, Any], owner: str) -> str | None:
     """Build a tiny model with the flag on, give a flag-off model the very same weights, compare a forward.
 
     A flag that also scales (SwitchTransformers multiplies the decoder output by d_model**-0.5 only when
@@ -556,7 +558,7 @@ def _forward_changes(cls, config: dict, owner: str) -> str | None:
     return f"it changes the forward with identical weights (logits differ by {(la - lb).abs().max().item():.3g})"
 
 
-def _logits(out):
+def _logits(out: Any) -> Any:
     import torch
 
     logits = getattr(out, "logits", None)
@@ -565,7 +567,7 @@ def _logits(out):
     return logits if isinstance(logits, torch.Tensor) else None
 
 
-def tiny_inputs(model) -> dict:
+def tiny_inputs(model: Any) -> dict[str, Any]:
     """A fixed short token prompt (and decoder prompt for encoder-decoders)."""
     import torch
 
@@ -588,7 +590,7 @@ LAYER_KEYS = {"num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder
               "num_decoder_layers", "num_encoder_layers", "depth", "num_text_layers"}
 
 
-def tiny_config_dict(config: dict) -> dict:
+def tiny_config_dict(config: dict[str, Any]) -> dict[str, Any]:
     """One shrinking rule for every config and its sub-configs: hidden 64, intermediate 2x, 2 layers
     (per-layer lists cut to match), 4 heads (2 key/value), vocab 256, special token ids moved into it."""
     doc = _shrink(config)
@@ -598,7 +600,7 @@ def tiny_config_dict(config: dict) -> dict:
     return doc
 
 
-def _shrink(d: dict) -> dict:
+def _shrink(d: dict[str, Any]) -> dict[str, Any]:
     out = dict(d)
     old_layers = {v for k, v in d.items() if k in LAYER_KEYS and isinstance(v, int) and v > TINY_LAYERS}
     for key, value in d.items():
@@ -635,10 +637,10 @@ def _shrink(d: dict) -> dict:
     return out
 
 
-def _per_layer_dict(overrides: dict, old_depth: int) -> dict:
+def _per_layer_dict(overrides: dict[Any, Any], old_depth: int) -> dict[str | int, Any]:
     """Per-layer overrides keyed by layer index: the first and the last layer's, as for per-layer lists."""
     by_index = {int(k): (k, v) for k, v in overrides.items()}
-    out = {}
+    out: dict[str | int, Any] = {}
     for new, old in ((0, 0), (TINY_LAYERS - 1, old_depth - 1)):
         if old in by_index:
             k, v = by_index[old]
@@ -646,7 +648,7 @@ def _per_layer_dict(overrides: dict, old_depth: int) -> dict:
     return out
 
 
-def _token_ids_in_vocab(d: dict, free: list[int]) -> None:
+def _token_ids_in_vocab(d: dict[str, Any], free: list[int]) -> None:
     for key, value in list(d.items()):
         if isinstance(value, dict):
             _token_ids_in_vocab(value, free)
@@ -659,7 +661,7 @@ def _token_ids_in_vocab(d: dict, free: list[int]) -> None:
             d[key] = [v if not isinstance(v, int) or v < TINY_VOCAB or not free else free.pop() for v in value]
 
 
-def _disk_names(model, names: set[str]) -> dict[str, str]:
+def _disk_names(model: Any, names: set[str]) -> dict[str, str]:
     """Memory name -> the key `save_pretrained` writes (transformers 5 renames some on load)."""
     import torch
 
@@ -668,7 +670,7 @@ def _disk_names(model, names: set[str]) -> dict[str, str]:
     except ImportError:  # older transformers: names are not renamed
         return {n: n for n in names}
 
-    def revert(subset) -> dict[str, str]:
+    def revert(subset: Iterable[str]) -> dict[str, str]:
         placeholders = {n: torch.empty(0) for n in subset}  # distinct objects, so identity maps back
         reverted = revert_weight_conversion(model, dict(placeholders))
         back = {id(t): k for k, t in reverted.items()}
@@ -686,7 +688,7 @@ def _disk_names(model, names: set[str]) -> dict[str, str]:
         return out
 
 
-def _flag_owner(model, cfg, head_mem, tie_mem) -> str:
+def _flag_owner(model: Any, cfg: object, head_mem: str | None, tie_mem: dict[str, str]) -> str:
     """Path of the sub-config whose flag governs the head ("" for the top-level config)."""
     from transformers import PreTrainedModel
 
@@ -705,7 +707,7 @@ def _flag_owner(model, cfg, head_mem, tie_mem) -> str:
     return ""
 
 
-def _flag_table(config_class, config: dict, owner: str) -> dict[str, bool]:
+def _flag_table(config_class: Any, config: dict[str, Any], owner: str) -> dict[str, bool]:
     """Evaluate the config class on every combination of the top-level flag and the owner sub-config's flag."""
     base = {k: v for k, v in config.items() if k not in (FLAG, "auto_map", "quantization_config")}
     table = {}

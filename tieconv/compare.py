@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 from .checkpoint import CHUNK_BYTES, Checkpoint
+
+if TYPE_CHECKING:
+    from .hub import RemoteFiles
 
 
 # 1 MiB: chunks that stay in the CPU cache compare about 1.7x faster than 16 MiB ones (measured on the
@@ -17,7 +23,7 @@ def bytes_identical(ckpt: Checkpoint, a: str, b: str, chunk_bytes: int = COMPARE
         return False
     if ta.storage == tb.storage:
         return True
-    remote = ckpt._remote  # a Hub repo: outcomes are remembered with its headers (offline inspects use them)
+    remote: RemoteFiles | None = ckpt._remote  # a Hub repo: outcomes are remembered with its headers (offline inspects use them)
     if remote is not None and f"{a}\n{b}" in remote.compared:
         return remote.compared[f"{a}\n{b}"]
     identical = _stream_identical(ckpt, a, b, chunk_bytes)
@@ -40,7 +46,7 @@ def _stream_identical(ckpt: Checkpoint, a: str, b: str, chunk_bytes: int) -> boo
     return True
 
 
-def _row_chunks(ckpt: Checkpoint, a: str, b: str):
+def _row_chunks(ckpt: Checkpoint, a: str, b: str) -> Iterator[tuple[Any, Any]]:
     """Matching row slices of two same-shape tensors, each at most CHUNK_BYTES once widened to float64.
 
     Tensors read through `iter_bytes` (safetensors files, local or over HTTP) are streamed, so two

@@ -36,9 +36,9 @@ STAT_CHUNK_ELEMENTS = 1 << 21  # max-difference statistics: 2M elements (16 MB a
 class _Random:
     """Stands for "no stored tensor: the loader initialises this parameter" in a loader view."""
 
-    _instance = None
+    _instance: _Random | None = None
 
-    def __new__(cls):
+    def __new__(cls) -> _Random:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -116,7 +116,7 @@ class ConfigDifference:
     expected: Any = None  # set when B was expected to hold another value
 
     def describe(self) -> str:
-        def show(side, value):
+        def show(side: str, value: Any) -> str:
             if self.absent != side:
                 return _short(value)
             return "absent" if value is None else f"absent (the class default {_short(value)})"
@@ -158,7 +158,7 @@ class DiffReport:
         more = len(found) - 1
         return found[0] + (f"; and {more} more difference{'s' if more != 1 else ''}" if more else "")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         return {"schema_version": out.pop("schema_version"), **out}
 
@@ -192,7 +192,7 @@ def render(report: DiffReport) -> str:
 # ---------------------------------------------------------------- entry points
 
 
-def diff(a: str | os.PathLike, b: str | os.PathLike, *, sample_bytes: int | None = None) -> DiffReport:
+def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *, sample_bytes: int | None = None) -> DiffReport:
     """Compare two checkpoints the way a loader sees them.
 
     Args:
@@ -214,7 +214,7 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, sample_bytes: int | None
     return compare_reports(_inspect_for_diff(a), _inspect_for_diff(b), sample_bytes=sample_bytes)
 
 
-def _inspect_for_diff(path: str | os.PathLike) -> Report:
+def _inspect_for_diff(path: str | os.PathLike[str]) -> Report:
     """`inspect` without its comparison (the loader view needs names, the tie map and the flag only).
 
     Where inspect refuses a checkpoint whose files read fine (no embedding under a known name, a quantized
@@ -305,7 +305,7 @@ def loader_view(report: Report) -> dict[str, Any]:
     wanted = set(partners) | {report.embed.key} | ({report.head.key} if report.head else set())
     wanted.discard("")  # a checkpoint whose embedding inspect could not name
 
-    def resolve(key: str, seen: frozenset = frozenset()) -> Any:
+    def resolve(key: str, seen: frozenset[str] = frozenset()) -> Any:
         if key in view:
             return view[key]
         if not tie_holds(key) or key in seen:
@@ -359,7 +359,7 @@ class _Comparison:
 
     # -- naming: B's keys as A names them
 
-    def _names_in_a(self, view_a: dict, view_b: dict) -> dict[str, str]:
+    def _names_in_a(self, view_a: dict[str, Any], view_b: dict[str, Any]) -> dict[str, str]:
         """B's parameter name -> A's name for the same parameter, where the two are spelled differently.
 
         The roles inspection resolved (embedding, head) pair first; then keys that differ only by a
@@ -399,18 +399,18 @@ class _Comparison:
             )
         return rename
 
-    def _read_order(self, param: str):
+    def _read_order(self, param: str) -> tuple[int, int | str, int, str]:
         t = self.ca.tensors.get(param)
         return (0, self.ca.files.index(t.file), t.offset or 0, param) if t else (1, "", 0, param)
 
-    def _bytes_to_compare(self, view_a: dict, view_b: dict) -> int:
+    def _bytes_to_compare(self, view_a: dict[str, Any], view_b: dict[str, Any]) -> int:
         """For the progress bar: each pair of stored tensors is compared once, whatever ties lead to it."""
         pairs = {(view_a.get(self.expected_values.get(p, p)), view_b[p]) for p in view_a.keys() & view_b.keys()}
         return sum(self.ca.tensors[ka].nbytes for ka, kb in pairs if isinstance(ka, str) and isinstance(kb, str))
 
     # -- one parameter
 
-    def _parameter(self, p: str, view_a: dict, view_b: dict, progress) -> None:
+    def _parameter(self, p: str, view_a: dict[str, Any], view_b: dict[str, Any], progress: Any) -> None:
         out = self.out
         in_a, in_b = p in view_a, p in view_b
         if not (in_a and in_b):
@@ -475,7 +475,7 @@ class _Comparison:
 
     # -- values
 
-    def _values(self, p: str, ka: str, kb: str, progress) -> ValueDifference | None:
+    def _values(self, p: str, ka: str, kb: str, progress: Any) -> ValueDifference | None:
         ta, tb = self.ca.tensors[ka], self.cb.tensors[kb]
 
         def difference(kind: str, stats: bool) -> ValueDifference:
@@ -494,7 +494,7 @@ class _Comparison:
             return difference("values", True)
         return None
 
-    def _bytes_equal(self, ta: StoredTensor, tb: StoredTensor, progress) -> bool:
+    def _bytes_equal(self, ta: StoredTensor, tb: StoredTensor, progress: Any) -> bool:
         if ta.nbytes != tb.nbytes:
             return False
         if self.sample_bytes is not None:
@@ -514,13 +514,13 @@ class _Comparison:
             progress.update(len(chunk_a))
         return True
 
-    def _sharing_notes(self, view_a: dict, view_b: dict) -> None:
+    def _sharing_notes(self, view_a: dict[str, Any], view_b: dict[str, Any]) -> None:
         """Sharing is not a value difference: say which parameters one side keeps as one tensor and the other not."""
         both = [p for p in view_a.keys() & view_b.keys()
                 if isinstance(view_a[p], str) and isinstance(view_b[p], str) and p not in self.expected_values]
         groups_a, groups_b = _shared_groups(self.ca, view_a, both), _shared_groups(self.cb, view_b, both)
         differing = {d.parameter for d in self.out.values}
-        seen: set[frozenset] = set()
+        seen: set[frozenset[str]] = set()
         for p in sorted(both):
             ga, gb = groups_a.get(p, (p,)), groups_b.get(p, (p,))
             members = frozenset(ga) | frozenset(gb)
@@ -538,7 +538,7 @@ class _Comparison:
         raw_a, raw_b = _flatten(config_a), _flatten(config_b)
         expected = self.expected_config
 
-        def differing(flat_a: dict, flat_b: dict) -> list[str]:
+        def differing(flat_a: dict[str, Any], flat_b: dict[str, Any]) -> list[str]:
             return [n for n in sorted(flat_a.keys() | flat_b.keys())
                     if n.rsplit(".", 1)[-1] not in IGNORED_CONFIG_FIELDS and n not in expected
                     and flat_a.get(n, _ABSENT) != flat_b.get(n, _ABSENT)]
@@ -562,7 +562,7 @@ class _Comparison:
                     name, raw_a.get(name), None if held is _ABSENT else held, _absent(name, raw_a, raw_b), value))
 
 
-def _absent(name: str, raw_a: dict, raw_b: dict) -> str | None:
+def _absent(name: str, raw_a: dict[str, Any], raw_b: dict[str, Any]) -> str | None:
     """The side whose file does not set `name` while the other's does."""
     if (name in raw_a) == (name in raw_b):
         return None
@@ -572,15 +572,15 @@ def _absent(name: str, raw_a: dict, raw_b: dict) -> str | None:
 _ABSENT = object()
 
 
-def _shared_groups(ckpt: Checkpoint, view: dict, params: list[str]) -> dict[str, tuple[str, ...]]:
+def _shared_groups(ckpt: Checkpoint, view: dict[str, Any], params: list[str]) -> dict[str, tuple[str, ...]]:
     """Parameter -> every parameter that is the same tensor on this side (tie, alias, one storage), sorted."""
-    by_storage: dict[tuple, list[str]] = {}
+    by_storage: dict[tuple[Any, ...], list[str]] = {}
     for p in params:
         by_storage.setdefault(ckpt.tensors[view[p]].storage, []).append(p)
     return {p: tuple(sorted(group)) for group in by_storage.values() if len(group) > 1 for p in group}
 
 
-def _flatten(config: dict | None, prefix: str = "") -> dict[str, Any]:
+def _flatten(config: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
     """{"text_config.tie_word_embeddings": False, ...}: nested objects become dotted fields."""
     out: dict[str, Any] = {}
     for key, value in (config or {}).items():
@@ -592,7 +592,7 @@ def _flatten(config: dict | None, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _loader_config(report: Report) -> dict | None:
+def _loader_config(report: Report) -> dict[str, Any] | None:
     """The configuration its loader reads: config.json, Meta's params.json, or a GGUF file's metadata."""
     ckpt: Checkpoint = report.checkpoint
     if ckpt.layout == "gguf":
@@ -605,7 +605,7 @@ def _loader_config(report: Report) -> dict | None:
     return None
 
 
-def _gguf_metadata(ckpt: Checkpoint) -> dict:
+def _gguf_metadata(ckpt: Checkpoint) -> dict[str, Any]:
     """GGUF key-value fields (not the header counts) as values; long arrays by a digest of their bytes."""
     import hashlib
 
@@ -626,7 +626,7 @@ def _gguf_metadata(ckpt: Checkpoint) -> dict:
     return out
 
 
-def _effective_config(config: dict | None) -> dict | None:
+def _effective_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The config as its transformers class builds it (defaults filled in, derived fields set), or None."""
     from . import architecture as arch
 
@@ -637,12 +637,12 @@ def _effective_config(config: dict | None) -> dict | None:
         if cls is None:
             return None
         clean = {k: v for k, v in config.items() if k not in ("auto_map", "quantization_config")}
-        return cls.config_class.from_dict(clean).to_dict()
+        return cls.config_class.from_dict(clean).to_dict()  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001 - a config transformers cannot build: the raw fields are compared
         return None
 
 
-def _model_state_names(config: dict | None) -> set[str] | None:
+def _model_state_names(config: dict[str, Any] | None) -> set[str] | None:
     """Keys of the state dict transformers' model for `config` has (as saved), or None when unknown.
 
     Built at full depth on the meta device (no memory), only when a tensor is stored on one side only.
@@ -659,7 +659,7 @@ def _model_state_names(config: dict | None) -> set[str] | None:
         import torch
         import transformers
 
-        transformers.logging.set_verbosity_error()
+        transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         logging.getLogger("transformers").setLevel(logging.ERROR)
         cls = arch._model_class(config)
         if cls is None:
@@ -698,7 +698,7 @@ def _max_difference(ca: Checkpoint, ta: StoredTensor, cb: Checkpoint, tb: Stored
     return max_diff, (max_diff / max_a if max_a and math.isfinite(max_a) else None)
 
 
-def _elements(ckpt: Checkpoint, t: StoredTensor, dtype) -> Iterator:
+def _elements(ckpt: Checkpoint, t: StoredTensor, dtype: Any) -> Iterator[Any]:
     import torch
 
     chunk_bytes = STAT_CHUNK_ELEMENTS * dtype.itemsize

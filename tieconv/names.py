@@ -7,6 +7,8 @@ member wins.  Prefixes added by wrappers (`torch.compile`'s `_orig_mod.`, DDP's
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 KNOWN_PAIRS: tuple[tuple[str, str | None], ...] = (
     ("model.embed_tokens.weight", "lm_head.weight"),  # Llama, Mistral, Qwen, Gemma, Phi...
     ("tok_embeddings.weight", "output.weight"),  # Meta original, TorchChat, torchtune
@@ -41,13 +43,13 @@ def strip_wrappers(key: str) -> str:
     return key
 
 
-def find_pair(keys) -> tuple[str, str | None] | None:
+def find_pair(keys: Iterable[str]) -> tuple[str, str | None] | None:
     """(embedding key, head key) as stored, or None when no known name is present.
 
     When the head is not stored, the head key returned is the family's canonical one
     (with the same wrapper prefix as the embedding).
     """
-    by_plain = {}
+    by_plain: dict[str, str] = {}
     for key in keys:
         by_plain.setdefault(strip_wrappers(key), key)
     # a stored embedding decides the family; only then may a lone stored head

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runtimes import Prediction
 
 SCHEMA_VERSION = 2  # 2: tie_group; embed/head null without a token embedding; the flag's path and reach
 VERDICTS = (
@@ -79,7 +82,7 @@ class Report:
     advice: str
     notes: list[str] = field(default_factory=list)
     downloaded_bytes: int = 0  # bytes fetched from the Hub to decide (0 for local paths)
-    runtimes: list | None = None  # what each runtime uses as the head (tieconv.runtimes.Prediction rows)
+    runtimes: list[Prediction] | None = None  # what each runtime uses as the head (tieconv.runtimes.Prediction rows)
     schema_version: int = SCHEMA_VERSION
     checkpoint: Any = field(default=None, repr=False, compare=False)  # the reader, for conversion
 
@@ -97,12 +100,12 @@ class Report:
     def problem(self) -> bool:
         return self.verdict in PROBLEM_VERDICTS
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "checkpoint"}
         return {"schema_version": out.pop("schema_version"), **out}
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
