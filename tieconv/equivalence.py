@@ -302,7 +302,8 @@ def loader_view(report: Report) -> dict[str, Any]:
     for target, source in report.tie_map.items():
         partners.setdefault(target, []).append(source)
         partners.setdefault(source, []).append(target)
-    wanted = set(partners) | {report.embed.key} | ({report.head.key} if report.head else set())
+    wanted = set(partners) | ({report.embed.key} if report.embed else set()) \
+        | ({report.head.key} if report.head else set())
     wanted.discard("")  # a checkpoint whose embedding inspect could not name
 
     def resolve(key: str, seen: frozenset[str] = frozenset()) -> Any:
@@ -353,7 +354,7 @@ class _Comparison:
         self._sharing_notes(view_a, view_b)
         self._compare_config()
         out = self.out
-        out.notes += [n for r in (self.a, self.b) if r.embed.key == "" for n in r.notes]
+        out.notes += [n for r in (self.a, self.b) if r.embed is not None and r.embed.key == "" for n in r.notes]
         out.equivalent = not (out.values or out.random or out.stored_on_one_side or out.config)
         return out
 
@@ -370,7 +371,7 @@ class _Comparison:
         from .names import strip_wrappers
 
         rename: dict[str, str] = {}
-        roles = [(self.b.embed.key, self.a.embed.key)]
+        roles = [(self.b.embed.key, self.a.embed.key)] if self.a.embed and self.b.embed else []
         if self.a.head and self.b.head:
             roles.append((self.b.head.key, self.a.head.key))
         for kb, ka in roles:
