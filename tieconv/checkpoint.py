@@ -15,10 +15,10 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, cast
 
 from .errors import CorruptFileError, InputError, UnsafePickleError, UnsupportedCheckpointError
-from .safetensors_header import read_header
+from .safetensors_header import SafetensorsHeader, read_header
 
 CHUNK_BYTES = 16 << 20
 # Limits that real checkpoints never approach, checked before the expensive step (README, Guarantees).
@@ -45,7 +45,7 @@ class StoredTensor(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index 
     shape: tuple[int, ...]
     nbytes: int
     file: str  # path relative to the checkpoint's root folder
-    storage: tuple  # equal for tensors that are one object on disk
+    storage: tuple[object, ...]  # equal for tensors that are one object on disk
     offset: int | None = None  # absolute byte offset (safetensors only)
 
     @property
@@ -60,7 +60,7 @@ class Checkpoint:
     layout: str
     files: list[str]
     tensors: dict[str, StoredTensor]
-    config: dict | None = None
+    config: dict[str, Any] | None = None
     config_file: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)  # dropped key -> kept key
     notes: list[str] = field(default_factory=list)
@@ -88,7 +88,7 @@ class Checkpoint:
         buffer = bytearray(min(chunk_bytes, max(info.nbytes, 1)))
         view = memoryview(buffer)
         with open(self.root / info.file, "rb") as f:
-            f.seek(info.offset)
+            f.seek(cast(int, info.offset))  # set for every safetensors tensor
             remaining = info.nbytes
             while remaining:
                 want = min(remaining, len(buffer))
@@ -101,7 +101,7 @@ class Checkpoint:
                 remaining -= want
                 yield buffer if want == len(buffer) else buffer[:want]
 
-    def add_safetensors_header(self, name: str, header, where: str) -> None:
+    def add_safetensors_header(self, name: str, header: SafetensorsHeader, where: str) -> None:
         """Record the tensors of one safetensors file (local or remote) named `name`."""
         if len(self.tensors) + len(header.tensors) > MAX_TENSORS:
             raise CorruptFileError(f"{where}: the checkpoint holds over {MAX_TENSORS} tensors, far more than "
@@ -140,13 +140,13 @@ class Checkpoint:
         length = max(0, min(length, info.nbytes - start))
         if key in self._torch:
             flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
-            return flat[start : start + length].numpy().tobytes()
+            return cast(bytes, flat[start : start + length].numpy().tobytes())
         if self._remote is not None:
-            return self._remote.read(info.file, info.offset + start, length)
+            return cast(bytes, self._remote.read(info.file, cast(int, info.offset) + start, length))
         with open(self.root / info.file, "rb") as f:
-            return os.pread(f.fileno(), length, info.offset + start)
+            return os.pread(f.fileno(), length, cast(int, info.offset) + start)
 
-    def load_tensor(self, key: str):
+    def load_tensor(self, key: str) -> Any:
         """Return `key` as a torch tensor (memory-mapped where the format allows)."""
         if key in self._torch:
             return self._torch[key]
@@ -167,7 +167,7 @@ class Checkpoint:
             return f.get_tensor(key)
 
 
-def _torch():
+def _torch() -> Any:
     import torch
 
     return torch
@@ -237,7 +237,7 @@ def _check_string(value: str, path: Path, what: str) -> None:
                                    "text; fix the file") from None
 
 
-def read_member_json(root: Path, name: str, what: str, **limits) -> Any:
+def read_member_json(root: Path, name: str, what: str, **limits: Any) -> Any:
     """`read_json` of the file `name` in the model folder `root`, under the same containment rule as shards."""
     return read_json(safe_member(root, name, what), what, **limits)
 
@@ -332,7 +332,7 @@ _TORCH_DTYPES = {
 TORCH_DTYPE_OF = {v: k for k, v in _TORCH_DTYPES.items()}  # safetensors name -> torch attribute
 
 
-def torch_dtype_name(dtype) -> str:
+def torch_dtype_name(dtype: object) -> str:
     name = str(dtype).removeprefix("torch.")
     return _TORCH_DTYPES.get(name, name.upper())
 
@@ -373,10 +373,10 @@ def _unsafe_detail(message: str) -> str:
     return "unsupported global"
 
 
-def _find_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
+def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], str]:
     torch = _torch()
 
-    def tensors_of(d):
+    def tensors_of(d: dict[Any, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
     if isinstance(obj, dict):
@@ -395,7 +395,7 @@ def _find_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
 EXPANDED_VIEW_BYTES = 16 << 20  # a broadcast view may claim more than its storage, up to this much
 
 
-def _check_plain_tensor(path: Path, key: str, t) -> None:
+def _check_plain_tensor(path: Path, key: str, t: Any) -> None:
     """Refuse tensors tieconv cannot stream as bytes, before anything asks for their size or bytes.
 
     A view with stride 0 claims more elements than its storage holds (a 2 KB file can claim 4 TiB):
@@ -444,7 +444,7 @@ _NAME = re.compile(r"[\w.\-/~]+")  # a repo id or a path, as PEFT writes base_mo
 LOOKED_FOR = (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, BIN_INDEX, BIN_SINGLE, "a single *.safetensors / *.bin / *.pt / *.pth")
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Describe the checkpoint at `path` (a folder or a single file) without loading its tensors.
 
     Example:

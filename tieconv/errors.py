@@ -21,7 +21,7 @@ class TieconvError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str = "", *args):
+    def __init__(self, message: str = "", *args: object) -> None:
         message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(message))
         super().__init__(message, *args)
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptFileError, OutputError
+
+if TYPE_CHECKING:
+    import mmap
 
 EMBED = "token_embd.weight"
 HEAD = "output.weight"
@@ -77,7 +81,7 @@ def architecture(path: Path) -> str | None:
 
 
 
-def read_tensors(path: Path):
+def read_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:
     """[(name, type name, shape, nbytes, absolute data offset)] of the GGUF file at `path`.
 
     Why our own: gguf's GGUFReader builds numpy views for every metadata value (a 200,000-token
@@ -100,7 +104,7 @@ def read_tensors(path: Path):
                                f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 
 
-def _read_tensors(data, size: int, path: Path):
+def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if data[:4] != b"GGUF":
@@ -116,19 +120,21 @@ def _read_tensors(data, size: int, path: Path):
     strings = items = 0
     alignment = 32
 
-    def u32(at):
-        return struct.unpack_from(order + "I", data, at)[0]
+    def u32(at: int) -> int:
+        value: int = struct.unpack_from(order + "I", data, at)[0]
+        return value
 
-    def u64(at):
-        return struct.unpack_from(order + "Q", data, at)[0]
+    def u64(at: int) -> int:
+        value: int = struct.unpack_from(order + "Q", data, at)[0]
+        return value
 
-    def skip_string(at):
+    def skip_string(at: int) -> int:
         length = u64(at)
         if at + 8 + length > size:
             raise CorruptFileError(f"{path}: a metadata string runs past the end of the file")
         return at + 8 + length
 
-    def too_much():
+    def too_much() -> CorruptFileError:
         return CorruptFileError(f"{path}: metadata holds over {MAX_GGUF_STRINGS} strings or {MAX_GGUF_ITEMS} values, "
                                 "far more than a real model; refusing it")
 
@@ -198,7 +204,7 @@ def _read_tensors(data, size: int, path: Path):
     return out
 
 
-def load_tensor(path: Path, name: str):
+def load_tensor(path: Path, name: str) -> Any:
     """A tensor of the GGUF file as float32 torch (quantized types dequantized by gguf).
 
     Only the tensor's bytes are read (see `read_tensors` for why not GGUFReader).

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, cast
 
 from .checkpoint import (
     BIN_INDEX,
@@ -38,6 +39,9 @@ from .checkpoint import (
 )
 from .errors import CorruptFileError, InputError
 from .safetensors_header import MAX_HEADER_BYTES, parse_header
+
+if TYPE_CHECKING:
+    from .report import Report
 
 HUB_SCHEME = "hf://"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -73,14 +77,14 @@ class RepoRef:
         return InputError(what)
 
 
-def repo_ref(src) -> RepoRef | None:
+def repo_ref(src: str | os.PathLike[str]) -> RepoRef | None:
     """The Hub repo `src` names, or None for a local path.  Decided without any network call.
 
     A path that exists is local; one starting with `./`, `../`, `/` or `~` is always local; `hf://...`
     is always a repo; anything else huggingface_hub's validator accepts (`org/name`, `gpt2`) is a repo id.
     Path objects are local paths.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
 
     if not isinstance(src, str):
         return None
@@ -106,7 +110,7 @@ def repo_ref(src) -> RepoRef | None:
     return RepoRef(repo, revision or None, text, could_be_local)
 
 
-def shadows_repo_id(src) -> bool:
+def shadows_repo_id(src: str | os.PathLike[str]) -> bool:
     """True for an existing local path spelled like a repo id `org/name` (the local path wins)."""
     if not isinstance(src, str) or src.startswith(("./", "../", "/", "~")) or "/" not in src:
         return False
@@ -119,7 +123,7 @@ def shadows_repo_id(src) -> bool:
 # ---------------------------------------------------------------- HTTP: one probe, counted range reads
 
 
-def _timeout(seconds: float | None = None):
+def _timeout(seconds: float | None = None) -> Any:
     """Every request gets connect and read timeouts: huggingface_hub's session has none of its own."""
     import httpx2
     from huggingface_hub import constants
@@ -189,12 +193,12 @@ class RemoteFiles:
     offline: bool = False  # no tensor bytes are fetched: HF_HUB_OFFLINE, or a header-only scan
     compared: dict[str, bool] = field(default_factory=dict)  # "a\nb" -> bytes identical, remembered
 
-    def _stream(self, filename: str, start: int, length: int, chunk: int, sizes: list | None = None,
+    def _stream(self, filename: str, start: int, length: int, chunk: int, sizes: list[int | None] | None = None,
                 whole: bool = False) -> Iterator[bytes]:
         """`length` bytes from `start`; with `whole`, the whole file (no Range), refusing one over `length`."""
         import httpx2
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session
+        from huggingface_hub.utils import build_hf_headers, get_session  # type: ignore[attr-defined]
 
         where = f"{self.repo}@{self.revision[:12]}: {filename}"
         if self.offline:
@@ -236,7 +240,7 @@ class RemoteFiles:
         if remaining and not whole:
             raise CorruptFileError(f"{where}: the file ended {remaining} bytes early")
 
-    def read(self, filename: str, start: int, length: int, sizes: list | None = None) -> bytes:
+    def read(self, filename: str, start: int, length: int, sizes: list[int | None] | None = None) -> bytes:
         if length <= 0:
             return b""
         return b"".join(self._stream(filename, start, length, max(min(length, CHUNK_BYTES), 1), sizes))
@@ -258,7 +262,7 @@ class RemoteFiles:
 
     def header_bytes(self, filename: str) -> tuple[bytes, int]:
         """The raw header (`8 + N` bytes read: its length, then itself) and the file's size."""
-        sizes: list = []
+        sizes: list[int | None] = []
         prefix = self.read(filename, 0, 8, sizes)
         size = sizes[0] if sizes else None
         length = int.from_bytes(prefix, "little")
@@ -270,7 +274,7 @@ class RemoteFiles:
         return self.read(filename, 8, length), size if size is not None else 8 + length
 
 
-def _total_size(response) -> int | None:
+def _total_size(response: Any) -> int | None:
     """The whole file's size from a 206's Content-Range or a 200's Content-Length."""
     content_range = response.headers.get("Content-Range", "")
     if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
@@ -294,7 +298,7 @@ def _entry_path(repo: str, commit: str) -> Path:
     return _header_cache_dir() / f"{repo_folder_name(repo_id=repo, repo_type='model')}--{commit}.json"
 
 
-def _load_entry(repo: str, commit: str) -> dict | None:
+def _load_entry(repo: str, commit: str) -> dict[str, Any] | None:
     path = _entry_path(repo, commit)
     try:
         with open(path, encoding="utf-8") as f:
@@ -305,7 +309,7 @@ def _load_entry(repo: str, commit: str) -> dict | None:
     return entry if _valid_entry(entry, commit) else None
 
 
-def _valid_entry(entry, commit: str) -> bool:
+def _valid_entry(entry: Any, commit: str) -> bool:
     """The shape `_read_headers` writes (a damaged or foreign file is ignored, never trusted)."""
     if not isinstance(entry, dict) or entry.get("commit") != commit:
         return False
@@ -345,7 +349,7 @@ def _entry_for_ref(repo: str, revision: str) -> tuple[str, float] | None:
     return best
 
 
-def _store_entry(repo: str, commit: str, entry: dict) -> None:
+def _store_entry(repo: str, commit: str, entry: dict[str, Any]) -> None:
     """Write atomically, then evict least recently used entries past the size bound; never fail the command."""
     try:
         folder = _header_cache_dir()
@@ -454,7 +458,7 @@ def _weights_of(files: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def _shards_of_index(doc, where: str) -> list[str]:
+def _shards_of_index(doc: Any, where: str) -> list[str]:
     """Shard names of an index, each validated before any is read (no paths leaving the repo)."""
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -512,7 +516,7 @@ def open_repo(ref: RepoRef | str) -> tuple[Checkpoint, DownloadCounter]:
         remembered = _load_entry(ref.repo, commit)
     if remembered is not None:
         ckpt = _checkpoint_from_entry(ref, remembered, counter, offline=offline)
-        ckpt.notes.append(f"Hub repo {ref.label}: headers read from tieconv's cache (commit {commit[:12]}), "
+        ckpt.notes.append(f"Hub repo {ref.label}: headers read from tieconv's cache (commit {cast(str, commit)[:12]}), "
                           f"not downloaded again{stale}")
         return ckpt, counter
 
@@ -568,12 +572,12 @@ def _as_hub(ckpt: Checkpoint, ref: RepoRef) -> Checkpoint:
     return ckpt
 
 
-def _read_headers(ref: RepoRef, info: RepoInfo, first: str, counter: DownloadCounter) -> dict:
+def _read_headers(ref: RepoRef, info: RepoInfo, first: str, counter: DownloadCounter) -> dict[str, Any]:
     """Config, index and every weight file's header, read over HTTP into a cache entry."""
     from .checkpoint import MAX_CONFIG_BYTES, MAX_INDEX_BYTES
 
     remote = RemoteFiles(ref.repo, info.commit, counter)
-    entry: dict = {"repo": ref.repo, "commit": info.commit, "config": None, "headers": {},
+    entry: dict[str, Any] = {"repo": ref.repo, "commit": info.commit, "config": None, "headers": {},
                    "small_files": _small_files(info.files)}
     if "config.json" in info.files:
         entry["config"] = _json(remote.read_whole("config.json", MAX_CONFIG_BYTES), f"{ref.label}/config.json")
@@ -594,7 +598,7 @@ def _read_headers(ref: RepoRef, info: RepoInfo, first: str, counter: DownloadCou
     return entry
 
 
-def _json(raw: bytes, where: str, max_values: int | None = -1):
+def _json(raw: bytes, where: str, max_values: int | None = -1) -> Any:
     """A remote JSON file, held to the same limits (depth, values, strings) as a local one.
 
     `max_values`: -1 for a config's limit, None for none (an index: its tensor count is checked later).
@@ -609,7 +613,7 @@ def _json(raw: bytes, where: str, max_values: int | None = -1):
     return doc
 
 
-def _checkpoint_from_entry(ref: RepoRef, entry: dict, counter: DownloadCounter, *, offline: bool) -> Checkpoint:
+def _checkpoint_from_entry(ref: RepoRef, entry: dict[str, Any], counter: DownloadCounter, *, offline: bool) -> Checkpoint:
     config = entry.get("config")
     if config is not None and not isinstance(config, dict):
         raise CorruptFileError(f"{ref.label}/config.json: config is not a JSON object")
@@ -618,7 +622,7 @@ def _checkpoint_from_entry(ref: RepoRef, entry: dict, counter: DownloadCounter, 
     ckpt = Checkpoint(Path(ref.text), Path(ref.repo), "hub", [], {}, config, "config.json" if config else None)
     ckpt._remote = remote
     index = entry.get("index")
-    expected = {}
+    expected: dict[str, set[str]] = {}
     if index is not None:
         for key, shard in index["weight_map"].items():
             expected.setdefault(shard, set()).add(key)
@@ -632,14 +636,14 @@ def _checkpoint_from_entry(ref: RepoRef, entry: dict, counter: DownloadCounter, 
     return ckpt
 
 
-def inspect_repo(ref: RepoRef, *, embed=None, head=None, compare: bool = True):
+def inspect_repo(ref: RepoRef, *, embed: str | None = None, head: str | None = None, compare: bool = True) -> Report:
     """`inspect` for a Hub repo: its report, with the bytes fetched to decide in `downloaded_bytes`."""
     ckpt, counter = open_repo(ref)
     return inspect_opened(ref, ckpt, counter, embed=embed, head=head, compare=compare)
 
 
-def inspect_opened(ref: RepoRef, ckpt: Checkpoint, counter: DownloadCounter, *, embed=None, head=None,
-                   compare: bool = True, header_only: bool = False):
+def inspect_opened(ref: RepoRef, ckpt: Checkpoint, counter: DownloadCounter, *, embed: str | None = None,
+                   head: str | None = None, compare: bool = True, header_only: bool = False) -> Report:
     """The report of a repo `open_repo` opened; `header_only` fetches no tensor bytes (remembered comparisons
     still count), as offline."""
     from .inspection import inspect_checkpoint
@@ -666,7 +670,7 @@ def inspect_opened(ref: RepoRef, ckpt: Checkpoint, counter: DownloadCounter, *, 
 # ---------------------------------------------------------------- downloading for conversions and loads
 
 
-def local_path(src):
+def local_path(src: str | os.PathLike[str]) -> str | os.PathLike[str]:
     """`src` itself, or for a Hub repo id the cache snapshot holding what a conversion or a load needs."""
     ref = repo_ref(src)
     if ref is None:
@@ -674,7 +678,7 @@ def local_path(src):
     return download(ref)
 
 
-def files_to_download(files: list[str], index: dict | None = None) -> list[str]:
+def files_to_download(files: list[str], index: dict[str, Any] | None = None) -> list[str]:
     """Exactly the files a conversion needs: the weight files of one format (those its index names, or the
     single file) and the small files at the top level.  Never a second weight format
     (`consolidated.safetensors` beside `model.safetensors`), never a subfolder's weights."""

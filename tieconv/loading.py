@@ -43,14 +43,14 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
         raise RefusedError(f"keep must be 'embed' or 'head', not {keep!r}")
     from . import hub
 
-    path = hub.local_path(path)  # type: ignore[no-untyped-call,unused-ignore]  # hub.py not yet annotated
+    path = hub.local_path(path)
     report = inspect(path, embed=embed, head=head, compare=True)
     ckpt = report.checkpoint
     ckpt.check_torch_loadable()
     state_dict = _read_all(ckpt)
     v = report.verdict
     if report.head is not None:
-        e, h = report.embed.key, report.head.key
+        e, h = report.embed.key, report.head.key  # type: ignore[union-attr]  # embed unchecked here, as before
         targets = [t for t, s in report.tie_map.items() if s == e] or [h]
         # the targets that tying makes the embedding's tensor: absent, a bit-identical copy, or the head
         tie_targets = [t for t in targets if t not in state_dict or t in report.reclaimable_keys or t == h]

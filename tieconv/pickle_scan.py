@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pickletools
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import CorruptFileError
 
@@ -76,7 +77,7 @@ class _Object:
         self.used = False  # placed inside another object
 
 
-def _nodes(value) -> int:
+def _nodes(value: Any) -> int:  # int | _Object: mypy cannot narrow `type(v) is not int`
     return value if type(value) is int else value.nodes
 
 
@@ -89,7 +90,7 @@ _SKIP, _MARK, _PUT, _MEMOIZE, _GET, _DUP, _POP, _STOP, _LEAF, _BUILD = range(10)
 _CAP = MAX_HASHED_NODES + 1  # counts saturate: only "too many" matters
 
 
-def _kind(op) -> tuple:
+def _kind(op: pickletools.OpcodeInfo) -> tuple[int, int, bool, int]:
     """(kind, items popped below the mark or in all, pops to a mark, items pushed) of an opcode."""
     name = op.name
     simple = {"STOP": _STOP, "MARK": _MARK, "PROTO": _SKIP, "FRAME": _SKIP, "PUT": _PUT, "BINPUT": _PUT,
@@ -114,12 +115,12 @@ def _scan(stream: IO[bytes], path: Path) -> None:
     def bomb(why: str) -> CorruptFileError:
         return CorruptFileError(f"{path}: refused: its pickle {why}, which no torch.save writes (a pickle bomb?)")
 
-    stack: list = []
+    stack: list[Any] = []  # int | _Object, as in `_nodes`
     marks: list[int] = []
-    memo: dict = {}
+    memo: dict[object, Any] = {}
     budget = HASH_BUDGET
 
-    def charge(values) -> None:
+    def charge(values: Iterable[Any]) -> None:
         nonlocal budget
         for v in values:
             nodes = _nodes(v)

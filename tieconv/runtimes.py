@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .report import Report
@@ -80,7 +80,7 @@ class Prediction:
     installed: str | None = None  # the version installed here, if any
     note: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -579,7 +579,7 @@ def render_rows(rows: list[Prediction]) -> list[str]:
 # ---------------------------------------------------------------- reading the runtime suite's numbers
 
 
-def heads_observed(observation: dict, tolerance: float) -> set[str]:
+def heads_observed(observation: dict[str, Any], tolerance: float) -> set[str]:
     """Which heads a raw observation of bench/runtimes.py is consistent with.
 
     Both `stored head` and `embedding` when the two matrices are the same (duplicated, tieable).

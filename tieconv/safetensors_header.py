@@ -13,7 +13,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import CorruptFileError
 
@@ -55,11 +55,11 @@ class SafetensorsHeader:
     tensors: dict[str, HeaderEntry] = field(default_factory=dict)
 
 
-def _reject_duplicates(pairs):
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)  # in C; only a short dict means a repeated key, then find it
     if len(obj) != len(pairs):
-        seen: set = set()
-        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise ValueError(f"duplicate key {repeated!r}")
     return obj
 
@@ -67,13 +67,13 @@ def _reject_duplicates(pairs):
 ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
 
 
-def _short(value, limit: int = 80) -> str:
+def _short(value: object, limit: int = 80) -> str:
     """repr() of a value taken from the file, cut so that no message carries a file's bulk."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _encodable(names: dict) -> bool:
+def _encodable(names: dict[str, Any]) -> bool:
     """False when a key or value holds a lone surrogate (JSON escapes allow `\\ud800`; UTF-8 cannot)."""
     try:
         for key, value in names.items():
@@ -163,7 +163,7 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
     return SafetensorsHeader(path, data_start, data_size, dict(metadata), tensors)
 
 
-def read_header(path: str | os.PathLike) -> SafetensorsHeader:
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """Read and strictly validate the header of the safetensors file at `path`.
 
     Raises `CorruptFileError` naming the file and the broken rule.
@@ -221,7 +221,7 @@ def _header_cache_file(path: str) -> str:
     return os.path.join(cache_dir(), "headers", digest + ".marshal")
 
 
-def _identity(stat: os.stat_result) -> tuple:
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
     return (_HEADER_CACHE_VERSION, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
