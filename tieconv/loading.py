@@ -49,8 +49,8 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
     ckpt.check_torch_loadable()
     state_dict = _read_all(ckpt)
     v = report.verdict
-    if report.head is not None:
-        e, h = report.embed.key, report.head.key  # type: ignore[union-attr]  # embed unchecked here, as before
+    if report.head is not None and report.embed is not None:  # both null for models without a token embedding
+        e, h = report.embed.key, report.head.key
         targets = [t for t, s in report.tie_map.items() if s == e] or [h]
         # the targets that tying makes the embedding's tensor: absent, a bit-identical copy, or the head
         tie_targets = [t for t in targets if t not in state_dict or t in report.reclaimable_keys or t == h]
@@ -60,7 +60,7 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
                                    "pass tie=True to fill it from the embedding")
             if v == "conflict":
                 warnings.warn(f"{path}: the config ties but {h} and {e} differ; runtimes disagree on which to use "
-                              "(transformers keeps both, vLLM uses the embedding)", stacklevel=2)
+                              "(transformers and vLLM use the stored head, MLX-LM the embedding)", stacklevel=2)
             elif v == "embed-missing" and report.tie_flag.value is not False:
                 state_dict[e] = state_dict[h]
             elif v in ("tied", "duplicated"):
