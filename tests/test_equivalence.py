@@ -334,7 +334,9 @@ def test_a_hub_repo_against_a_local_copy(hub, tmp_path, xdg):  # noqa: F811 - py
     assert doc["equivalent"] is True and doc["bytes_compared"] > 0
     out = hub_cli(["diff", "org/tiny-dup", FIXTURES / "llama-tieable", "--check"], endpoint=hub, home=tmp_path / "hf",
                   xdg=xdg)
-    assert out.returncode == 1 and "config tie_word_embeddings: true in A, false in B" in out.stdout
+    # duplicated vs tieable: the same values; the flag only decides what is shared (a note, not a difference)
+    assert out.returncode == 0 and "config tie_word_embeddings: true in A, false in B; with the stored tensors it " \
+        "only decides what is shared" in out.stdout
 
 
 # ---------------------------------------------------------------- refusals and the CLI
@@ -392,3 +394,14 @@ def test_memory_stays_flat_on_a_large_checkpoint(tmp_path):
                          capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out[0] == "True"
     assert int(out[1]) // 1024 < 100, out  # MB; the tensor alone is 512 MB
+
+
+def test_a_flag_that_only_decides_sharing_is_a_note(tmp_path):
+    tieconv.tie(FIXTURES / "llama-duplicated", tmp_path / "tied")
+    tieconv.untie(tmp_path / "tied", tmp_path / "untied")
+    report = tieconv.diff(tmp_path / "tied", tmp_path / "untied")
+    assert report.equivalent and report.config == []
+    assert any("tie_word_embeddings" in n and "only decides what is shared" in n for n in report.notes)
+    # the same flag flip without the head stored: the head starts at random, a difference
+    report = tieconv.diff(FIXTURES / "llama-tied", FIXTURES / "llama-head-missing")
+    assert not report.equivalent and [r.parameter for r in report.random] == ["lm_head.weight"]

@@ -534,6 +534,10 @@ class _Comparison:
 
     # -- config
 
+    def _flag_does_more(self) -> bool:
+        """Flipping the flag changes more than ties on either side (scaling, whole sub-models)."""
+        return _flag_does_more_than_tie(self.a) or _flag_does_more_than_tie(self.b)
+
     def _compare_config(self) -> None:
         config_a, config_b = _loader_config(self.a), _loader_config(self.b)
         raw_a, raw_b = _flatten(config_a), _flatten(config_b)
@@ -555,12 +559,22 @@ class _Comparison:
                 flat_a, flat_b = _flatten(effective_a), _flatten(effective_b)
                 found = differing(flat_a, flat_b)
         for name in found:
+            if name.rsplit(".", 1)[-1] == "tie_word_embeddings" and not self._flag_does_more():
+                # the flag's only effect is sharing, which the loader views already account for (a tie target
+                # it leaves unfilled shows as a random parameter): not a difference, as sharing is not
+                self.out.notes.append(f"config {name}: {_short(flat_a.get(name))} in A, {_short(flat_b.get(name))} "
+                                      "in B; with the stored tensors it only decides what is shared")
+                continue
             self.out.config.append(ConfigDifference(name, flat_a.get(name), flat_b.get(name), _absent(name, raw_a, raw_b)))
         for name, value in expected.items():
             held = raw_b.get(name, _ABSENT)
             if held != value:
                 self.out.config.append(ConfigDifference(
                     name, raw_a.get(name), None if held is _ABSENT else held, _absent(name, raw_a, raw_b), value))
+
+
+def _flag_does_more_than_tie(report: Report) -> bool:
+    return bool(report.tie_flag.also_changes)
 
 
 def _absent(name: str, raw_a: dict[str, Any], raw_b: dict[str, Any]) -> str | None:
