@@ -5,22 +5,29 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from . import __version__
 from .errors import TieconvError
 
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from .convert import ConversionResult
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_PROBLEM = 1
 EXIT_INTERNAL = 70
 
 
-def _handle_errors(func):
+def _handle_errors(func: Callable[..., None]) -> Callable[..., None]:
     """Turn library errors into exit code 2 and one line; other exceptions into 70 (traceback with --debug)."""
 
     @functools.wraps(func)
-    def wrapper(*args, debug: bool = False, **kwargs):
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> None:
         try:
             return func(*args, **kwargs)
         except TieconvError as exc:
@@ -51,7 +58,7 @@ def _install_signal_handlers() -> None:
     """SIGTERM cleans up like Ctrl-C (exit 143); SIGXFSZ is ignored so a file size limit surfaces as EFBIG."""
     import signal
 
-    def terminate(signum, frame):
+    def terminate(signum: int, frame: FrameType | None) -> NoReturn:
         _signal_received[0] = signum
         raise KeyboardInterrupt
 
@@ -133,7 +140,7 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
         sys.exit(EXIT_PROBLEM)
 
 
-def _conversion_options(func):
+def _conversion_options(func: Callable[..., None]) -> Callable[..., None]:
     options = [
         click.argument("src", metavar="IN"),
         click.argument("dst", metavar="OUT"),
@@ -158,7 +165,7 @@ def _conversion_options(func):
     return func
 
 
-def _render_conversion(result, as_json: bool) -> None:
+def _render_conversion(result: ConversionResult, as_json: bool) -> None:
     from .convert import summary
 
     if as_json:
@@ -172,8 +179,9 @@ def _render_conversion(result, as_json: bool) -> None:
 @click.option("--keep", type=click.Choice(["embed", "head"]), help="Matrix that survives when the two differ.")
 @click.option("--assume-tied", is_flag=True, help="Repair a head-missing checkpoint that was trained tied.")
 @_handle_errors
-def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, drop_optimizer,
-                drop_other_weights, quiet, keep, assume_tied) -> None:
+def tie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool, embed: str | None, head: str | None,
+                overwrite: bool, link: bool, verify: str, drop_optimizer: bool, drop_other_weights: bool, quiet: bool,
+                keep: str | None, assume_tied: bool) -> None:
     """Write OUT, a copy of IN whose head and embedding are stored once and whose config ties them.
 
     Drops the head and every other tie-map target stored as a bit-identical copy, sets the
@@ -204,8 +212,9 @@ def tie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link,
 @main.command("untie", context_settings=CONTEXT)
 @_conversion_options
 @_handle_errors
-def untie_command(src, dst, dry_run, as_json, force, embed, head, overwrite, link, verify, drop_optimizer,
-                  drop_other_weights, quiet) -> None:
+def untie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool, embed: str | None,
+                  head: str | None, overwrite: bool, link: bool, verify: str, drop_optimizer: bool,
+                  drop_other_weights: bool, quiet: bool) -> None:
     """Write OUT, a copy of IN whose head is its own tensor and whose config unties it.
 
     Stores a copy of the embedding under every tie-map target a loader reads (BART's
@@ -270,7 +279,7 @@ def diff_command(a: str, b: str, as_json: bool, check: bool, quiet: bool) -> Non
 @click.option("--no-compare", is_flag=True, help="Read headers only; verdicts that need a comparison are undecided.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
-def scan_command(dirs, as_json, check, no_compare, quiet) -> None:
+def scan_command(dirs: tuple[str, ...], as_json: bool, check: bool, no_compare: bool, quiet: bool) -> None:
     """Inspect every checkpoint below DIR (default: the local Hugging Face cache), and Hub repos.
 
     Finds each cached repo revision, each model folder and each single checkpoint file; a Hub repo

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .checkpoint import SAFETENSORS_INDEX, Checkpoint
 from .errors import RefusedError, VerificationError
@@ -29,6 +31,9 @@ from .writer import (
     write_text,
 )
 
+if TYPE_CHECKING:
+    from .progress import Bar
+
 
 @dataclass
 class ConversionResult:
@@ -42,7 +47,7 @@ class ConversionResult:
     verified: str = "none"  # "sample", "full" or "none"
     downloaded_bytes: int = 0  # fetched from the Hub to plan (headers, and the two tensors' ranges when compared)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         p = self.plan
         return {
             "nothing_to_do": p.nothing_to_do,
@@ -142,7 +147,7 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
     return ConversionResult(p.bytes_saved, files, time.monotonic() - start, verdict, p, warnings, linked, verify)
 
 
-def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[str], progress) -> None:
+def _write_safetensors_files(ckpt: Checkpoint, p: Plan, tmp: Path, linked: list[str], progress: Bar) -> None:
     for f in p.files:
         (tmp / f.name).parent.mkdir(parents=True, exist_ok=True)  # an index may keep shards in a subfolder
         if f.unchanged_from:
@@ -189,12 +194,12 @@ def _index_text(ckpt: Checkpoint, p: Plan) -> str:
     return json.dumps({"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n"
 
 
-def _chunks(ckpt: Checkpoint, key: str):
+def _chunks(ckpt: Checkpoint, key: str) -> Callable[[], Iterator[bytes | bytearray]]:
     return lambda: ckpt.iter_bytes(key)
 
 
-def _apply_changes(config: dict, changes: dict[str, object]) -> dict:
-    out = json.loads(json.dumps(config))
+def _apply_changes(config: dict[str, Any], changes: dict[str, object]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(config))
     for dotted, value in changes.items():
         target = out
         *parents, last = dotted.split(".")
@@ -233,7 +238,7 @@ def _verify(p: Plan, report: Report, out: Report, verify: str) -> None:
     """
     from .equivalence import compare_reports
 
-    def fail(why: str):
+    def fail(why: str) -> NoReturn:
         raise VerificationError(f"{p.destination}: verification failed: {why}; nothing was written")
 
     if out.verdict != p.output_verdict and not (verify == "none" and out.verdict == "undecided"):
@@ -259,7 +264,7 @@ def _verify(p: Plan, report: Report, out: Report, verify: str) -> None:
 def _expected_values(p: Plan, report: Report) -> dict[str, str]:
     """Parameter -> the input parameter whose values the output is meant to hold instead of its own."""
     expected = {key: source for key, source in p.replaced.items() if key in report.checkpoint.tensors}
-    head, embed = (report.head.key if report.head else None), report.embed.key
+    head, embed = (report.head.key if report.head else None), report.embed.key  # type: ignore[union-attr]
     if p.action == "tie" and head and report.verdict in ("untied", "conflict") and embed not in expected:
         expected[head] = embed  # --keep embed: the head takes the embedding's values
     if p.action == "tie" and head and report.verdict == "head-missing":
@@ -281,7 +286,7 @@ def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
         if ckpt.layout == "torch-file":
             storage, tensor = ckpt.tensors[t.source].storage, ckpt._torch[t.source]
         else:
-            storage, tensor = t.source, ckpt.load_tensor(t.source)
+            storage, tensor = t.source, ckpt.load_tensor(t.source)  # type: ignore[assignment]
         if t.key != t.source or (p.action == "untie" and storage in seen):
             tensor = tensor.clone()
         seen.add(storage)
@@ -296,7 +301,7 @@ def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
         os.fsync(out.fileno())
 
 
-def _rebuild_wrapper(original: dict, state_dict: dict, left_out: set[str]) -> dict:
+def _rebuild_wrapper(original: dict[Any, Any], state_dict: dict[str, Any], left_out: set[str]) -> dict[Any, Any]:
     """The input's dict with its state dict replaced, every other entry kept in order (unless left out)."""
     import torch
 
@@ -322,10 +327,10 @@ def _rebuild_wrapper(original: dict, state_dict: dict, left_out: set[str]) -> di
 # ---------------------------------------------------------------- public entry points
 
 
-def tie(src: str | os.PathLike, dst: str | os.PathLike, *, keep: str | None = None, assume_tied: bool = False,
-        force: bool = False, dry_run: bool = False, embed: str | None = None, head: str | None = None,
-        overwrite: bool = False, link: bool = False, verify: str = "sample", drop_optimizer: bool = False,
-        drop_other_weights: bool = False) -> ConversionResult:
+def tie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep: str | None = None,
+        assume_tied: bool = False, force: bool = False, dry_run: bool = False, embed: str | None = None,
+        head: str | None = None, overwrite: bool = False, link: bool = False, verify: str = "sample",
+        drop_optimizer: bool = False, drop_other_weights: bool = False) -> ConversionResult:
     """Write a copy of `src` at `dst` whose head and embedding are stored once and whose config ties them.
 
     OUT mirrors IN: a folder for a folder; for a file, OUT's suffix picks the format (`.safetensors`,
@@ -354,7 +359,7 @@ def tie(src: str | os.PathLike, dst: str | os.PathLike, *, keep: str | None = No
                 drop_other_weights=drop_other_weights)
 
 
-def untie(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, dry_run: bool = False,
+def untie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bool = False, dry_run: bool = False,
           embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
           verify: str = "sample", drop_optimizer: bool = False, drop_other_weights: bool = False) -> ConversionResult:
     """Write a copy of `src` at `dst` whose head is its own tensor and whose config unties it.
@@ -373,8 +378,8 @@ def untie(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False
                 overwrite=overwrite, link=link, drop_optimizer=drop_optimizer, drop_other_weights=drop_other_weights)
 
 
-def _run(action: str, src: str | os.PathLike, dst: str | os.PathLike, *, dry_run: bool, verify: str,
-         **options) -> ConversionResult:
+def _run(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dry_run: bool, verify: str,
+         **options: Any) -> ConversionResult:
     start = time.monotonic()
     p, report = plan(action, src, dst, download=False, **options)  # a Hub repo: from its headers
     planned_from_hub = report.downloaded_bytes

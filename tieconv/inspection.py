@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
 
 from . import architecture as arch
 from .checkpoint import Checkpoint, open_checkpoint, read_member_json
@@ -32,7 +34,7 @@ class Names:
     head_is_source: bool = False  # FSMT, BLT: the head is the group's source, the embedding a target
 
 
-def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | None = None, compare: bool = True) -> Report:
+def inspect(path: str | os.PathLike[str], *, embed: str | None = None, head: str | None = None, compare: bool = True) -> Report:
     """Inspect the checkpoint at `path` and return a `Report`.
 
     Args:
@@ -51,14 +53,15 @@ def inspect(path: str | os.PathLike, *, embed: str | None = None, head: str | No
 
     ref = hub.repo_ref(path)
     if ref is not None:
-        return hub.inspect_repo(ref, embed=embed, head=head, compare=compare)
+        return hub.inspect_repo(ref, embed=embed, head=head, compare=compare)  # type: ignore[no-any-return]
     ckpt = open_checkpoint(path)
     if hub.shadows_repo_id(path):
         ckpt.notes.append(f"{path}: the local path was used, not the Hub repo of the same name")
     return inspect_checkpoint(ckpt, embed=embed, head=head, compare=compare)
 
 
-def inspect_checkpoint(ckpt: Checkpoint, *, embed=None, head=None, compare=True) -> Report:
+def inspect_checkpoint(ckpt: Checkpoint, *, embed: str | None = None, head: str | None = None,
+                       compare: bool = True) -> Report:
     check_flag_types(ckpt.config, ckpt.root / (ckpt.config_file or "config.json"))
     notes = list(ckpt.notes)
     check_overrides(ckpt, embed, head)
@@ -71,7 +74,7 @@ def inspect_checkpoint(ckpt: Checkpoint, *, embed=None, head=None, compare=True)
 _SPELLINGS = {"true": True, "false": False}
 
 
-def _non_boolean_flags(config) -> list[tuple[str, dict, str]]:
+def _non_boolean_flags(config: object) -> list[tuple[str, dict[str, Any], str]]:
     """(field as written, the dict holding it, its key) for each tie flag that is not a JSON boolean."""
     found = []
     if isinstance(config, dict):
@@ -82,14 +85,14 @@ def _non_boolean_flags(config) -> list[tuple[str, dict, str]]:
     return found
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     text = json.dumps(value)
     kind = {str: "a string", int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
     shown = text if len(text) <= 40 else text[:37] + "..."
     return shown if value is None else f"{shown} ({kind})"
 
 
-def check_flag_types(config, where) -> None:
+def check_flag_types(config: object, where: Path) -> None:
     """Refuse a tie flag that is not a JSON boolean: never read it as absent, nor guess what it means.
 
     transformers 5 refuses such a config (StrictDataclassFieldValidationError), while loaders that
@@ -182,7 +185,7 @@ def _first_stored(ckpt: Checkpoint, candidates: list[str], prefix: str = "") -> 
     return candidates[0]
 
 
-def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> Names:
+def resolve_names(ckpt: Checkpoint, notes: list[str], embed: str | None = None, head: str | None = None) -> Names:
     config = ckpt.config
     info = None
     if config is not None:
@@ -210,7 +213,7 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> 
             "name them with --embed KEY --head KEY"
         )
     found_embed, found_head = pair if pair else (embed, head)
-    embed_key = embed or found_embed
+    embed_key = cast(str, embed or found_embed)  # a found pair, or both --embed and --head
     head_key = head or found_head
     architecture = arch.architecture_name(config) if config else None
     return Names(
@@ -224,9 +227,10 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed=None, head=None) -> 
     )
 
 
-def _names_from_architecture(ckpt: Checkpoint, info: arch.ArchitectureInfo, embed, head) -> Names:
+def _names_from_architecture(ckpt: Checkpoint, info: arch.ArchitectureInfo, embed: str | None,
+                             head: str | None) -> Names:
     config = ckpt.config
-    value, source, top, sub = info.effective_flag(config)
+    value, source, top, sub = info.effective_flag(cast("dict[str, Any]", config))  # learn() needed a config
     mem = info.memory_names
 
     # a file saved with transformers 5's in-memory names (VLMs) gets unstored keys in the same style
@@ -252,7 +256,7 @@ def _names_from_architecture(ckpt: Checkpoint, info: arch.ArchitectureInfo, embe
     tie_map = {stored_name(t): stored_name(s) for t, s in active.items()}
     pair_embed = info.pair_embed
     resolved = Names(
-        embed=embed or stored_name(pair_embed or info.embed),
+        embed=embed or stored_name(cast(str, pair_embed or info.embed)),
         head=head or (stored_name(info.head) if info.head else None),
         tie_map=tie_map,
         flag=flag,
@@ -263,7 +267,7 @@ def _names_from_architecture(ckpt: Checkpoint, info: arch.ArchitectureInfo, embe
     )
     if (embed or head) and resolved.head:
         if resolved.group is not None:  # keys named by the user stand for the group's pair
-            resolved.tie_map.setdefault(resolved.head, resolved.embed)
+            resolved.tie_map.setdefault(resolved.head, cast(str, resolved.embed))
     return resolved
 
 
@@ -333,11 +337,11 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
 
     identical: bool | None = None
     cast_equal: bool | None = None
-    same_storage = embed_stored and head_stored and ckpt.tensors[embed_key].storage == ckpt.tensors[head_key].storage
+    same_storage = embed_stored and head_stored and ckpt.tensors[embed_key].storage == ckpt.tensors[head_key].storage  # type: ignore[index]
     shapes_differ = (
-        embed_stored and head_stored and ckpt.tensors[embed_key].shape != ckpt.tensors[head_key].shape
+        embed_stored and head_stored and ckpt.tensors[embed_key].shape != ckpt.tensors[head_key].shape  # type: ignore[index]
     )
-    dtypes_differ = embed_stored and head_stored and ckpt.tensors[embed_key].dtype != ckpt.tensors[head_key].dtype
+    dtypes_differ = embed_stored and head_stored and ckpt.tensors[embed_key].dtype != ckpt.tensors[head_key].dtype  # type: ignore[index]
     head_aliased = not head_stored and ckpt.aliases.get(head_key or "") == embed_key
     embed_aliased = not embed_stored and head_key is not None and ckpt.aliases.get(embed_key) == head_key
     if head_aliased or embed_aliased:
@@ -347,9 +351,9 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
     if same_storage:
         identical = True
     elif embed_stored and head_stored and not shapes_differ and compare:
-        identical = bytes_identical(ckpt, embed_key, head_key)
+        identical = bytes_identical(ckpt, embed_key, head_key)  # type: ignore[arg-type]
         if dtypes_differ and ckpt.layout != "gguf":
-            cast_equal = equal_after_cast(ckpt, embed_key, head_key)
+            cast_equal = equal_after_cast(ckpt, embed_key, head_key)  # type: ignore[arg-type]
     elif shapes_differ:
         identical = False
 
@@ -418,7 +422,8 @@ def _no_token_embedding(ckpt: Checkpoint, names: Names, notes: list[str]) -> Rep
     )
 
 
-def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shapes_differ, dtypes_differ, identical, ckpt):
+def _verdict(names: Names, flag: TieFlag, embed_stored: bool, head_stored: bool, aliased: bool, same_storage: bool,
+             shapes_differ: bool, dtypes_differ: bool, identical: bool | None, ckpt: Checkpoint) -> tuple[str, str]:
     if not names.has_head:
         return "no-head", "the model has no output embedding"
     if names.head_is_source and flag.value and embed_stored != head_stored:
@@ -427,10 +432,10 @@ def _verdict(names, flag, embed_stored, head_stored, aliased, same_storage, shap
         return "tied", f"the flag ties and only {which} is stored"
     shape_reason = ""
     if shapes_differ:
-        e, h = ckpt.tensors[names.embed].shape, ckpt.tensors[names.head].shape
+        e, h = ckpt.tensors[names.embed].shape, ckpt.tensors[names.head].shape  # type: ignore[index]
         shape_reason = f"shapes differ ({list(e)} vs {list(h)}), so they can never be tied"
     if dtypes_differ:
-        e, h = ckpt.tensors[names.embed].dtype, ckpt.tensors[names.head].dtype
+        e, h = ckpt.tensors[names.embed].dtype, ckpt.tensors[names.head].dtype  # type: ignore[assignment, index]
         dtype_reason = f"both are stored with different types ({e} embedding, {h} head)"
     differ_reason = shape_reason or (dtype_reason if dtypes_differ else "both are stored and differ")
     undecided = "both are stored but were not compared; compare them to decide"

@@ -8,16 +8,20 @@ each one's bytes come from. `--dry-run` and `--json` print it; `convert.execute`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
-from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, open_checkpoint, safe_member
+from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, StoredTensor, open_checkpoint, safe_member
 from .errors import OutputError, RefusedError
 from .inspection import coerce_flags, inspect, inspect_checkpoint
 from .report import Report
 from .writer import LOCK_MARK, TMP_MARK, shard_name
 
 ALWAYS_TIED_IN_VLLM = ("gemma", "gemma2", "gemma3", "gemma3_text", "mpt")
+# what _tie_ops and _untie_ops decide: (dropped, added, replaced, flag, nothing_to_do, reason)
+_Ops = tuple[list[str], dict[str, str], dict[str, str], bool, bool, str]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     runtimes: str = ""  # which runtimes disagree about the head today, and whether they agree after
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["files"] = [
             {"name": f.name, "metadata": f.metadata, "tensors": [t.key for t in f.tensors],
@@ -83,9 +87,9 @@ def _difference_text(report: Report) -> str:
     from .compare import difference
 
     ckpt = report.checkpoint
-    if report.embed.shape != report.head.shape:
-        return f"shapes differ ({report.embed.shape} vs {report.head.shape})"
-    d = difference(ckpt, report.embed.key, report.head.key)
+    if report.embed.shape != report.head.shape:  # type: ignore[union-attr]
+        return f"shapes differ ({report.embed.shape} vs {report.head.shape})"  # type: ignore[union-attr]
+    d = difference(ckpt, report.embed.key, report.head.key)  # type: ignore[union-attr]
     return (
         f"max abs difference {d['max_abs_diff']:.4g}, relative difference {d['relative_diff']:.4g}, "
         f"cosine similarity {d['cosine_similarity']:.4f}"
@@ -102,7 +106,7 @@ def _refuse_flag_flip(report: Report, to: bool) -> None:
         )
 
 
-def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
+def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool) -> _Ops:
     """(dropped, added, replaced, flag, nothing_to_do, reason) for `tie`."""
     path = report.path
     if report.verdict == "no-head" or report.embed is None:
@@ -122,12 +126,12 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
         if rule:
             raise RefusedError(f"{path}: refused: {rule}, so a tied GGUF would not load; keep it as it is")
     if v in ("untied", "conflict"):
-        if report.embed.shape != report.head.shape:
+        if report.embed.shape != report.head.shape:  # type: ignore[union-attr]
             raise RefusedError(f"{path}: {e} and {h} have different shapes ({report.embed.shape} vs "
-                               f"{report.head.shape}) and can never be tied")
+                               f"{report.head.shape}) and can never be tied")  # type: ignore[union-attr]
         if keep not in ("embed", "head") and report.equal_after_cast:
             raise RefusedError(
-                f"{path}: {e} ({report.embed.dtype}) and {h} ({report.head.dtype}) hold the same values in "
+                f"{path}: {e} ({report.embed.dtype}) and {h} ({report.head.dtype}) hold the same values in "  # type: ignore[union-attr]
                 "different dtypes; tying stores one dtype: pass --keep embed or --keep head to choose which"
             )
         if keep not in ("embed", "head"):
@@ -135,8 +139,8 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
                 f"{path}: {e} and {h} differ ({_difference_text(report)}); tying changes the model's outputs: "
                 "pass --keep embed or --keep head to choose the surviving matrix"
             )
-        dropped = sorted(set(report.reclaimable_keys) | {h})
-        replaced = {e: h} if keep == "head" else {}
+        dropped = sorted(set(report.reclaimable_keys) | {cast(str, h)})  # the head is stored
+        replaced = {e: cast(str, h)} if keep == "head" else {}
         return dropped, {}, replaced, True, False, f"tie {v} keeping the {keep}'s matrix"
     if v == "head-missing":
         if not assume_tied:
@@ -147,7 +151,7 @@ def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool):
             )
         return [], {}, {}, True, False, "repair the config: the model was trained tied (--assume-tied)"
     if v == "embed-missing":
-        return [h], {}, {e: h}, True, False, "store the head's matrix as the embedding and tie"
+        return [h], {}, {e: h}, True, False, "store the head's matrix as the embedding and tie"  # type: ignore[list-item, dict-item]
     flag_ties = report.tie_flag.value is True
     if v == "tied" and not report.reclaimable_keys and (flag_ties or report.tie_flag.value is None):
         if force:
@@ -168,7 +172,7 @@ def _shared_targets(report: Report) -> list[str]:
             if t in tensors and s in tensors and tensors[t].storage == tensors[s].storage]
 
 
-def _untie_ops(report: Report, force: bool):
+def _untie_ops(report: Report, force: bool) -> _Ops:
     ckpt: Checkpoint = report.checkpoint
     path = report.path
     if report.verdict == "no-head" or report.embed is None:
@@ -193,7 +197,7 @@ def _untie_ops(report: Report, force: bool):
     if v == "embed-missing":
         if report.tie_flag.value is False:
             raise RefusedError(f"{path}: the config unties and the embedding {e} is not stored: it is lost")
-        return [], {e: h}, {}, False, False, "store the embedding as a copy of the head and untie"
+        return [], {e: h}, {}, False, False, "store the embedding as a copy of the head and untie"  # type: ignore[dict-item]
     # tied or duplicated: materialise every target of the tie map the flag controls
     added = _unstored_targets(report, ckpt)
     if h and h not in ckpt.tensors and e in ckpt.tensors:
@@ -341,7 +345,7 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
     return files
 
 
-def by_file_original(ckpt: Checkpoint, name: str):
+def by_file_original(ckpt: Checkpoint, name: str) -> list[StoredTensor]:
     return sorted((t for t in ckpt.tensors.values() if t.file == name), key=lambda t: t.offset or 0)
 
 
@@ -418,9 +422,9 @@ def training_entries(ckpt: Checkpoint) -> list[str]:
     return [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
 
 
-def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = False, force: bool = False,
-         embed: str | None = None, head: str | None = None, overwrite: bool = False, link: bool = False,
-         drop_optimizer: bool = False, drop_other_weights: bool = False,
+def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep: str | None = None,
+         assume_tied: bool = False, force: bool = False, embed: str | None = None, head: str | None = None,
+         overwrite: bool = False, link: bool = False, drop_optimizer: bool = False, drop_other_weights: bool = False,
          download: bool = True) -> tuple[Plan, Report]:
     """Compute what `tie` or `untie` would do, without writing anything.
 
@@ -443,7 +447,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
 
     named = str(src)
     if download:
-        src = hub.local_path(src)  # a repo id: into the cache, exactly the files a conversion needs
+        src = hub.local_path(src)  # type: ignore[no-untyped-call]  # a repo id: into the cache, exactly the files a conversion needs
     coerced: list[str] = []
     if hub.repo_ref(src) is not None:  # planned from the repo's headers (download=False)
         report = inspect(src, embed=embed, head=head, compare=True)
@@ -473,7 +477,7 @@ def plan(action: str, src, dst, *, keep: str | None = None, assume_tied: bool = 
 
     aliases = {}
     if action == "tie" and report.head and ckpt.config is None and fmt == "safetensors":
-        aliases = {k: report.embed.key for k in dropped}  # record `dropped -> kept`, as save_model does
+        aliases = {k: report.embed.key for k in dropped}  # type: ignore[union-attr]  # record `dropped -> kept`, as save_model does
     p.dropped, p.added, p.replaced = sorted(dropped), dict(added), dict(replaced)
     if action == "untie":
         p.separated = _shared_targets(report)
@@ -564,7 +568,7 @@ def _warnings(action: str, report: Report, p: Plan, ckpt: Checkpoint, drop_optim
     return out
 
 
-def _numel(shape) -> int:
+def _numel(shape: Iterable[int]) -> int:
     n = 1
     for d in shape:
         n *= d
@@ -577,7 +581,7 @@ def _loader_bytes(report: Report) -> int:
     if report.tie_flag.value is not False:
         total -= report.bytes.reclaimable  # equal copies are tied at load
     elif report.verdict == "head-missing":
-        total += report.embed.nbytes  # a head is allocated and filled with random values
+        total += report.embed.nbytes  # type: ignore[union-attr]  # a head is allocated and filled with random values
     elif report.head and report.identical and report.bytes.reclaimable == 0 and report.head.stored:
         total += report.head.nbytes  # one storage in a .bin, two parameters once loaded untied
     return total

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 _quiet = False
 
@@ -14,7 +19,7 @@ def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = quiet
     if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars  # type: ignore[attr-defined]
 
         (disable_progress_bars if not enabled() else enable_progress_bars)()
     elif not enabled():
@@ -39,8 +44,12 @@ class _Silent:
         pass
 
 
+if TYPE_CHECKING:
+    Bar: TypeAlias = "_Silent | tqdm[Any]"  # what bar() yields
+
+
 @contextmanager
-def bar(total: int, desc: str, unit: str = "B"):
+def bar(total: int, desc: str, unit: str = "B") -> Iterator[Bar]:
     """A tqdm bar with bytes and rate, or a silent stand-in."""
     if not enabled() or total <= 0:
         yield _Silent()

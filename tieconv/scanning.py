@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, TieconvError
 from .report import PROBLEM_VERDICTS, human_bytes
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .checkpoint import Checkpoint
+    from .hub import DownloadCounter, RepoRef
+    from .report import Report
 
 MODEL_FOLDER_MARKERS = (
     "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -38,7 +47,7 @@ class ScanResult:
     def problems(self) -> list[ScanRow]:
         return [r for r in self.rows if r.verdict in PROBLEM_VERDICTS]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         readable = [r for r in self.rows if r.error is None]
         return {
             "roots": self.roots,
@@ -96,14 +105,14 @@ def _refuse_snapshot_link(path: Path) -> None:
             raise InputError(f"{path}: is a link to {path.resolve()}, outside the cache; not followed")
 
 
-def _inspect_local(path: Path, compare: bool):
+def _inspect_local(path: Path, compare: bool) -> Report:
     from .inspection import inspect
 
     _refuse_snapshot_link(path)
     return inspect(path, compare=compare)
 
 
-def scan(roots=None, *, compare: bool = True) -> ScanResult:
+def scan(roots: Iterable[str | os.PathLike[str]] | None = None, *, compare: bool = True) -> ScanResult:
     """Inspect every checkpoint below `roots` (default: the Hugging Face cache); never stops on a bad one.
 
     Example:
@@ -118,7 +127,8 @@ def scan(roots=None, *, compare: bool = True) -> ScanResult:
 
     roots = list(roots) if roots else default_roots()
     result = ScanResult([str(r) for r in roots])
-    refs, paths = [], []
+    refs: list[RepoRef] = []
+    paths: list[Path] = []
     for root in roots:
         try:
             ref = hub.repo_ref(root)
@@ -146,7 +156,7 @@ def scan(roots=None, *, compare: bool = True) -> ScanResult:
     return result
 
 
-def _row(name: str, path, inspect_it) -> ScanRow:
+def _row(name: str, path: str | Path, inspect_it: Callable[..., Report]) -> ScanRow:
     """One row: the report's verdict and sizes, or why the model cannot be read."""
     try:
         report = inspect_it()
@@ -158,7 +168,7 @@ def _row(name: str, path, inspect_it) -> ScanRow:
                        f"{path}: internal error ({type(exc).__name__}: {exc})"[:300])
 
 
-def _scan_repos(refs):
+def _scan_repos(refs: list[RepoRef]) -> Iterator[ScanRow]:
     """Rows for Hub repos, header-only, with at most HUB_CONCURRENCY repos read at once; yielded as they finish."""
     if not refs:
         return
@@ -171,11 +181,11 @@ def _scan_repos(refs):
         for future in as_completed(futures):
             ref = futures[future]
 
-            def inspect_it(future=future, ref=ref):
+            def inspect_it(future: Future[tuple[Checkpoint, DownloadCounter]] = future, ref: RepoRef = ref) -> Report:
                 ckpt, counter = future.result()
                 # header-only: a verdict that needs the two matrices' bytes, unless an earlier inspect
                 # remembered their comparison, is `undecided` (inspect that repo alone)
-                return hub.inspect_opened(ref, ckpt, counter, header_only=True)
+                return hub.inspect_opened(ref, ckpt, counter, header_only=True)  # type: ignore[no-any-return]
 
             yield _row(ref.text, ref.text, inspect_it)
 

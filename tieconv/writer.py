@@ -16,7 +16,11 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from io import BufferedWriter
+    from types import TracebackType
 
 from .errors import OutputError
 
@@ -30,7 +34,7 @@ class WriteEntry:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    chunks: Callable[[], Iterator[bytes]]  # yields exactly nbytes in total
+    chunks: Callable[[], Iterator[bytes | bytearray]]  # yields exactly nbytes in total
     src_path: Path | None = None  # when set, the bytes are a range of this file: copied in the kernel
     src_offset: int = 0
 
@@ -47,7 +51,7 @@ def aligned_order(entries: list[WriteEntry]) -> list[WriteEntry]:
 
 
 def header_bytes(entries: list[WriteEntry], metadata: dict[str, str] | None) -> bytes:
-    doc: dict = {}
+    doc: dict[str, Any] = {}
     if metadata:
         doc["__metadata__"] = dict(metadata)
     offset = 0
@@ -130,7 +134,7 @@ def link_or_copy(src: Path, dst: Path, expected_size: int | None = None) -> str:
     return "copied"
 
 
-def _open_new(path: Path):
+def _open_new(path: Path) -> BufferedWriter:
     # O_EXCL|O_NOFOLLOW: never follow a link planted inside the output folder
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     return os.fdopen(fd, "wb")
@@ -241,13 +245,14 @@ class OutputFolder:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self._finish(exc_type, exc)
         finally:
             self._unlock()
 
-    def _finish(self, exc_type, exc) -> None:
+    def _finish(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if exc_type is not None:
             _remove(self.tmp)
             _remove(self.record)
@@ -309,7 +314,7 @@ class _Held:
 
 
 @contextlib.contextmanager
-def _signals_held():
+def _signals_held() -> Iterator[_Held]:
     """Hold SIGINT/SIGTERM back while OUT is being swapped; swallow one that arrived meanwhile."""
     import signal
     import threading
@@ -331,7 +336,7 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _write_record(path: Path, doc: dict) -> None:
+def _write_record(path: Path, doc: dict[str, Any]) -> None:
     """Write an ownership record atomically (a new file renamed over the old one), durably."""
     body = json.dumps({"magic": RECORD_MAGIC, "pid": os.getpid(), **doc}).encode()
     part = path.parent / (path.name + ".part")
@@ -345,7 +350,7 @@ def _write_record(path: Path, doc: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def _read_record(path: Path) -> dict | None:
+def _read_record(path: Path) -> dict[str, Any] | None:
     try:
         if not path.is_file() or path.is_symlink() or path.stat().st_size > 4096:
             return None
