@@ -53,7 +53,7 @@ def inspect(path: str | os.PathLike[str], *, embed: str | None = None, head: str
 
     ref = hub.repo_ref(path)
     if ref is not None:
-        return hub.inspect_repo(ref, embed=embed, head=head, compare=compare)  # type: ignore[no-any-return]
+        return hub.inspect_repo(ref, embed=embed, head=head, compare=compare)
     ckpt = open_checkpoint(path)
     if hub.shadows_repo_id(path):
         ckpt.notes.append(f"{path}: the local path was used, not the Hub repo of the same name")

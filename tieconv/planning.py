@@ -447,7 +447,7 @@ def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
 
     named = str(src)
     if download:
-        src = hub.local_path(src)  # type: ignore[no-untyped-call]  # a repo id: into the cache, exactly the files a conversion needs
+        src = hub.local_path(src)  # a repo id: into the cache, exactly the files a conversion needs
     coerced: list[str] = []
     if hub.repo_ref(src) is not None:  # planned from the repo's headers (download=False)
         report = inspect(src, embed=embed, head=head, compare=True)
