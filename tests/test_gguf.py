@@ -117,16 +117,20 @@ def test_gguf_alignment_is_carried_over(tmp_path):
     assert [t.name for t in reader.tensors] == ["token_embd.weight", "blk.0.attn_norm.weight"]
 
 
-def test_gguf_tie_refused_where_llama_cpp_requires_the_head(tmp_path):
-    path = tmp_path / "neox.gguf"
-    embed = np.ones((64, 16), dtype=np.float32)
-    writer = gguf.GGUFWriter(path, arch="gptneox")
+def write_tied_pair(path, embed, arch="llama"):
+    """A GGUF holding `embed` as token_embd.weight and a copy as output.weight (gguf's own writer)."""
+    writer = gguf.GGUFWriter(path, arch=arch)
     writer.add_tensor("token_embd.weight", embed)
     writer.add_tensor("output.weight", embed.copy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_gguf_tie_refused_where_llama_cpp_requires_the_head(tmp_path):
+    path = write_tied_pair(tmp_path / "neox.gguf", np.ones((64, 16), dtype=np.float32), arch="gptneox")
     report = tieconv.inspect(path)
     assert report.verdict == "tieable" and any("requires output.weight" in n for n in report.notes)
     with pytest.raises(RefusedError, match="gptneox loader requires output.weight"):
@@ -141,15 +145,7 @@ def test_gguf_write_under_a_file_size_limit_is_a_clean_refusal(tmp_path):
 
     from .conftest import ROOT
 
-    path = tmp_path / "m.gguf"
-    embed = np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32)
-    writer = gguf.GGUFWriter(path, arch="llama")
-    writer.add_tensor("token_embd.weight", embed)
-    writer.add_tensor("output.weight", embed.copy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_tied_pair(tmp_path / "m.gguf", np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32))
 
     def cap():
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
