@@ -118,3 +118,29 @@ def test_scan_reads_hub_repos_with_bounded_concurrency(tmp_path, monkeypatch):
     verdicts = {r.name: r.verdict for r in result.rows}
     assert all(verdicts[f"org/m{i}"] == "tied" for i in range(20)) and verdicts["org/missing"] == "unreadable"
     assert verdicts["llama-tied"] == "tied"
+
+
+def test_a_missing_root_is_an_error_after_the_others_are_scanned(tmp_path):
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "nope"), str(FIXTURES / "llama-tied")])
+    assert result.exit_code == 2
+    assert "llama-tied" in result.output and "1 model," in result.output
+    assert "nope: no such file or folder" in result.output
+
+
+def test_an_absent_or_empty_cache_says_so_in_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for make in (False, True):
+        if make:
+            (tmp_path / "hub").mkdir()
+        result = CliRunner().invoke(main, ["scan"])
+        assert result.exit_code == 0
+        assert result.output.strip() == f"no models in the Hugging Face cache ({tmp_path / 'hub'}); nothing to scan"
+
+
+def test_scan_colours_verdicts_like_inspect():
+    from tieconv.scanning import render
+
+    text = render(tieconv.scan([FIXTURES / "llama-conflict"]), colour=True)
+    assert "\x1b[31mconflict\x1b[0m" in text

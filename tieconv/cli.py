@@ -294,12 +294,15 @@ def scan_command(dirs: tuple[str, ...], as_json: bool, check: bool, no_compare: 
       tieconv scan ~/models --check     # exit 1 if any model has a problem
       tieconv scan Qwen/Qwen2.5-0.5B HuggingFaceTB/SmolLM2-135M
     """
-    from .progress import set_quiet
+    from .progress import colour_enabled, set_quiet
     from .scanning import render, scan
 
     set_quiet(quiet)
     result = scan(list(dirs) or None, compare=not no_compare)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result))
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result, colour=colour_enabled()))
+    if result.missing:  # the other roots were scanned; a path that does not exist is still bad input
+        click.echo(f"tieconv: error: {', '.join(result.missing)}: no such file or folder", err=True)
+        sys.exit(2)
     if check and result.problems:
         sys.exit(EXIT_PROBLEM)
 

@@ -42,6 +42,8 @@ class ScanRow:
 class ScanResult:
     roots: list[str]
     rows: list[ScanRow] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # roots the user named that do not exist (exit 2 at the end)
+    empty_cache: str | None = None  # the default Hugging Face cache, when it is absent or holds no model
 
     @property
     def problems(self) -> list[ScanRow]:
@@ -125,6 +127,7 @@ def scan(roots: Iterable[str | os.PathLike[str]] | None = None, *, compare: bool
     from .inspection import inspect
     from .progress import bar
 
+    default = not roots
     roots = list(roots) if roots else default_roots()
     result = ScanResult([str(r) for r in roots])
     refs: list[RepoRef] = []
@@ -142,9 +145,14 @@ def scan(roots: Iterable[str | os.PathLike[str]] | None = None, *, compare: bool
     targets = []
     for root in paths:
         if not root.exists():
+            if default:  # no cache yet: nothing to scan, which is not an error
+                continue
+            result.missing.append(str(root))
             result.rows.append(ScanRow(str(root), str(root), "unreadable", None, 0, 0, f"{root}: no such file or folder"))
             continue
         targets += find_checkpoints(root)
+    if default and not targets:
+        result.empty_cache = str(roots[0])
     with bar(len(targets) + len(refs), "scanning", unit="model") as progress:
         for name, path in targets:
             result.rows.append(_row(name, path, lambda path=path: _inspect_local(path, compare)))
@@ -190,7 +198,11 @@ def _scan_repos(refs: list[RepoRef]) -> Iterator[ScanRow]:
             yield _row(ref.text, ref.text, inspect_it)
 
 
-def render(result: ScanResult) -> str:
+def render(result: ScanResult, colour: bool = False) -> str:
+    from .report import paint
+
+    if result.empty_cache is not None and not result.rows:
+        return f"no models in the Hugging Face cache ({result.empty_cache}); nothing to scan"
     rows = result.rows
     width = max([len(r.name) for r in rows] + [5])
     lines = [f"{'model':<{width}}  {'verdict':<13}  {'size':>9}  {'reclaimable':>11}"]
@@ -198,10 +210,12 @@ def render(result: ScanResult) -> str:
         if r.error:
             lines.append(f"{r.name:<{width}}  {'unreadable':<13}  {'-':>9}  {'-':>11}  warning: {r.error}")
         else:
-            lines.append(f"{r.name:<{width}}  {r.verdict:<13}  {human_bytes(r.bytes_total):>9}  "
+            verdict = paint(r.verdict, colour) + " " * max(0, 13 - len(r.verdict))  # pad outside the colour codes
+            lines.append(f"{r.name:<{width}}  {verdict}  {human_bytes(r.bytes_total):>9}  "
                          f"{human_bytes(r.reclaimable_bytes):>11}")
     totals = result.to_dict()["totals"]
-    lines.append(f"{totals['models']} models, {human_bytes(totals['bytes_total'])}, reclaimable "
+    models = totals["models"]
+    lines.append(f"{models} model{'s' if models != 1 else ''}, {human_bytes(totals['bytes_total'])}, reclaimable "
                  f"{human_bytes(totals['reclaimable_bytes'])}; {totals['problems']} with a problem, "
                  f"{totals['unreadable']} unreadable")
     return "\n".join(lines)
