@@ -90,3 +90,12 @@ def test_explicit_keys_on_the_command_line(tmp_path):
     result = run("inspect", FIXTURES / "meta-llama" / "consolidated.00.pth", "--embed", "tok_embeddings.weight",
                  "--head", "output.weight", "--json")
     assert json.loads(result.output)["head"]["key"] == "output.weight"
+
+
+def test_help_lists_commands_in_whole_sentences():
+    result = CliRunner().invoke(main, ["--help"])
+    commands = result.output.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 5
+    for line in commands:
+        assert line.rstrip().endswith(".") and "..." not in line, line
+    assert "duplicated, conflict, head-missing, embed-missing or undecided" in " ".join(result.output.split())

@@ -85,7 +85,7 @@ def main() -> None:
     _install_signal_handlers()
 
 
-@main.command("inspect", context_settings=CONTEXT)
+@main.command("inspect", context_settings=CONTEXT, short_help="Name a checkpoint's tying state, with the evidence.")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
 @click.option("--check", is_flag=True, help="Exit 1 on duplicated, conflict, head-missing, embed-missing or undecided.")
@@ -174,7 +174,7 @@ def _render_conversion(result: ConversionResult, as_json: bool) -> None:
         click.echo(summary(result))
 
 
-@main.command("tie", context_settings=CONTEXT)
+@main.command("tie", context_settings=CONTEXT, short_help="Write a copy whose head and embedding are stored once.")
 @_conversion_options
 @click.option("--keep", type=click.Choice(["embed", "head"]), help="Matrix that survives when the two differ.")
 @click.option("--assume-tied", is_flag=True, help="Repair a head-missing checkpoint that was trained tied.")
@@ -209,7 +209,7 @@ def tie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool, e
     _render_conversion(result, as_json)
 
 
-@main.command("untie", context_settings=CONTEXT)
+@main.command("untie", context_settings=CONTEXT, short_help="Write a copy whose head is its own tensor.")
 @_conversion_options
 @_handle_errors
 def untie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool, embed: str | None,
@@ -238,7 +238,7 @@ def untie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool,
     _render_conversion(result, as_json)
 
 
-@main.command("diff", context_settings=CONTEXT)
+@main.command("diff", context_settings=CONTEXT, short_help="Compare two checkpoints as a loader sees them.")
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON (schema in the README).")
@@ -272,7 +272,7 @@ def diff_command(a: str, b: str, as_json: bool, check: bool, quiet: bool) -> Non
         sys.exit(EXIT_PROBLEM)
 
 
-@main.command("scan", context_settings=CONTEXT)
+@main.command("scan", context_settings=CONTEXT, short_help="Inspect every checkpoint in folders, repos or the HF cache.")
 @click.argument("dirs", nargs=-1, metavar="[DIR|REPO]...")
 @click.option("--json", "as_json", is_flag=True, help="Print rows and totals as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when a model has a problem verdict (unreadable ones do not count).")
