@@ -56,6 +56,6 @@ def bar(total: int, desc: str, unit: str = "B") -> Iterator[Bar]:
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1000,  # decimal units, as every summary prints them
               file=sys.stderr, leave=False) as t:
         yield t
