@@ -56,6 +56,7 @@ def bar(total: int, desc: str, unit: str = "B") -> Iterator[Bar]:
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1000,  # decimal units, as every summary prints them
+    # decimal units (1 KB = 1000 B), as every summary prints them
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1000,
               file=sys.stderr, leave=False) as t:
         yield t
