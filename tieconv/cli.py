@@ -120,10 +120,8 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
       tieconv inspect Qwen/Qwen2.5-0.5B@main --no-download
     """
     from .inspection import inspect
-    from .progress import set_quiet
+    from .progress import colour_enabled, set_quiet
     from .report import render
-
-    from .progress import colour_enabled
 
     set_quiet(quiet)
     report = inspect(path, embed=embed, head=head, compare=not (no_compare or no_download))

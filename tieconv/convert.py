@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .checkpoint import SAFETENSORS_INDEX, Checkpoint
-from .errors import RefusedError, VerificationError
-from .inspection import inspect
+from .errors import OutputError, RefusedError, VerificationError
 from .planning import Plan, PlannedTensor, plan
 from .report import Report, human_bytes
-from .errors import OutputError
 from .writer import (
     OutputFolder,
     WriteEntry,
