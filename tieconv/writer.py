@@ -263,8 +263,13 @@ class OutputFolder:
                 ) from None
             return
         fsync_tree(self.tmp)
-        with _signals_held() as held:
-            self._swap_into_place()
+        try:
+            with _signals_held() as held:
+                self._swap_into_place()
+        except OutputError:  # refused before anything was moved: OUT is as it was
+            _remove(self.tmp)
+            _remove(self.record)
+            raise
         self.interrupted_after_swap = held.arrived
 
     def _swap_into_place(self) -> None:
@@ -293,8 +298,9 @@ class OutputFolder:
                 _fsync_dir(final.parent)
             else:  # no atomic exchange here: move the old aside under a recorded name, then the new in
                 old = final.parent / f"{final.name}{TMP_MARK}old-{self.tmp.name.rsplit(TMP_MARK, 1)[1]}"
+                old_ino = final.lstat().st_ino  # the old copy ends under the temporary's name: alt_ino
                 _write_record(self.record, {"tmp": tmp.name, "ino": tmp.lstat().st_ino, "state": "moving",
-                                            "old": old.name, "old_ino": final.lstat().st_ino})
+                                            "old": old.name, "old_ino": old_ino, "alt_ino": old_ino})
                 os.rename(final, old)
                 os.rename(tmp, final)
                 _fsync_dir(final.parent)
