@@ -17,7 +17,7 @@ from .checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, StoredTensor, 
 from .errors import OutputError, RefusedError
 from .inspection import coerce_flags, inspect, inspect_checkpoint
 from .report import Report
-from .writer import LOCK_MARK, TMP_MARK, shard_name
+from .writer import shard_name
 
 ALWAYS_TIED_IN_VLLM = ("gemma", "gemma2", "gemma3", "gemma3_text", "mpt")
 # what _tie_ops and _untie_ops decide: (dropped, added, replaced, flag, nothing_to_do, reason)
@@ -381,7 +381,7 @@ def carried_files(ckpt: Checkpoint, fmt: str, drop_other_weights: bool) -> tuple
         rel_folder = Path(folder).relative_to(base)
         for name in sorted(files) + [d for d in dirs if Path(folder, d).is_symlink()]:
             rel = (rel_folder / name).as_posix()
-            if rel in converted or TMP_MARK in name or name.endswith(LOCK_MARK):
+            if rel in converted:
                 continue
             path = Path(folder) / name
             safe_member(base, rel, "the input folder")  # refuses links leaving IN
