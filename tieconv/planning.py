@@ -476,8 +476,8 @@ def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
         return p, report
 
     aliases = {}
-    if action == "tie" and report.head and ckpt.config is None and fmt == "safetensors":
-        aliases = {k: report.embed.key for k in dropped}  # type: ignore[union-attr]  # record `dropped -> kept`, as save_model does
+    if action == "tie" and report.head and report.embed and ckpt.config is None and fmt == "safetensors":
+        aliases = {k: report.embed.key for k in dropped}  # record `dropped -> kept`, as save_model does
     p.dropped, p.added, p.replaced = sorted(dropped), dict(added), dict(replaced)
     if action == "untie":
         p.separated = _shared_targets(report)
