@@ -19,7 +19,6 @@ from .inspection import coerce_flags, inspect, inspect_checkpoint
 from .report import Report
 from .writer import shard_name
 
-ALWAYS_TIED_IN_VLLM = ("gemma", "gemma2", "gemma3", "gemma3_text", "mpt")
 # what _tie_ops and _untie_ops decide: (dropped, added, replaced, flag, nothing_to_do, reason)
 _Ops = tuple[list[str], dict[str, str], dict[str, str], bool, bool, str]
 
@@ -496,19 +495,22 @@ def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     p.output_verdict = _output_verdict(action, report, reason, p)
     p.warnings += carried_warnings + _warnings(action, report, p, ckpt, drop_optimizer)
     p.loader_bytes_saved = _loader_bytes(report) - _loader_bytes_after(report, p)
-    p.runtimes = _runtime_agreement(report, p.output_verdict)
+    p.runtimes, still = _runtime_agreement(report, p.output_verdict)
+    if still:  # the runtime tables, not a list of names here, say which runtimes ignore what OUT stores
+        p.warnings.append("after the conversion these runtimes still use another head than transformers: "
+                          + "; ".join(still))
     return p, report
 
 
-def _runtime_agreement(report: Report, output_verdict: str | None) -> str:
-    """The runtime table's sentence for this conversion (empty where no runtime rule applies)."""
-    from .runtimes import agreement_advice
+def _runtime_agreement(report: Report, output_verdict: str | None) -> tuple[str, list[str]]:
+    """The runtime table's sentence for this conversion, and the runtimes that still disagree after it."""
+    from .runtimes import agreement_advice, still_disagreeing
 
     after = {"tied": "tied", "duplicated": "duplicated"}.get(output_verdict or "", "untied")
     try:
-        return agreement_advice(report, after=after)
+        return agreement_advice(report, after=after), still_disagreeing(report, after)
     except (KeyError, ValueError):  # a verdict or layout the runtime tables do not model
-        return ""
+        return "", []
 
 
 def _check_carriable(ckpt: Checkpoint, fmt: str, drop_optimizer: bool) -> dict[str, str]:
@@ -553,9 +555,6 @@ def _output_verdict(action: str, report: Report, reason: str, p: Plan) -> str:
 
 def _warnings(action: str, report: Report, p: Plan, ckpt: Checkpoint, drop_optimizer: bool) -> list[str]:
     out = []
-    if action == "untie" and ckpt.config and ckpt.config.get("model_type") in ALWAYS_TIED_IN_VLLM:
-        out.append(f"vLLM ties {ckpt.config.get('model_type')} models whatever the files hold: "
-                   "it will ignore the stored head")
     if ckpt.layout.startswith("hf-bin"):
         out.append("the .bin input is written as safetensors")
     optimizer = [e for e in training_entries(ckpt) if e in OPTIMIZER_ENTRIES]

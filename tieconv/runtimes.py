@@ -557,12 +557,17 @@ def agreement_advice(report: "Report", after: str | None = None) -> str:
         text = "The runtimes agree today."
     if after is None:
         return text
-    converted = Case(after, report.architecture or "", INPUT_KINDS.get(report.layout, HF))
-    still = disagreeing(predict_case(converted, installed_versions()))
+    still = still_disagreeing(report, after)
     if still:
-        return text + f" After the conversion ({after}) these still differ: " + "; ".join(
-            _describe(r) + (f" ({r.note})" if r.note else "") for r in still) + "."
+        return text + f" After the conversion ({after}) these still differ: " + "; ".join(still) + "."
     return text + f" After the conversion ({after}) they all use the same head."
+
+
+def still_disagreeing(report: "Report", after: str) -> list[str]:
+    """The runtimes whose head differs from transformers' once the checkpoint is `after`, one phrase each."""
+    converted = Case(after, report.architecture or "", INPUT_KINDS.get(report.layout, HF))
+    return [_describe(r) + (f" ({r.note})" if r.note else "")
+            for r in disagreeing(predict_case(converted, installed_versions()))]
 
 
 def render_rows(rows: list[Prediction]) -> list[str]:
