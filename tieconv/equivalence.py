@@ -536,7 +536,7 @@ class _Comparison:
 
     def _flag_does_more(self) -> bool:
         """Flipping the flag changes more than ties on either side (scaling, whole sub-models)."""
-        return _flag_does_more_than_tie(self.a) or _flag_does_more_than_tie(self.b)
+        return bool(self.a.tie_flag.also_changes or self.b.tie_flag.also_changes)
 
     def _compare_config(self) -> None:
         config_a, config_b = _loader_config(self.a), _loader_config(self.b)
@@ -571,10 +571,6 @@ class _Comparison:
             if held != value:
                 self.out.config.append(ConfigDifference(
                     name, raw_a.get(name), None if held is _ABSENT else held, _absent(name, raw_a, raw_b), value))
-
-
-def _flag_does_more_than_tie(report: Report) -> bool:
-    return bool(report.tie_flag.also_changes)
 
 
 def _absent(name: str, raw_a: dict[str, Any], raw_b: dict[str, Any]) -> str | None:
