@@ -73,7 +73,7 @@ def tiny_config(config_class, flag: bool | None = None, architecture: str | None
 
 
 def tiny_config_doc(config_class, architecture: str | None = None) -> dict:
-    from tieconv.architecture import tiny_config_dict
+    from tieconv.knowledge.architecture import tiny_config_dict
 
     doc = tiny_config_dict(config_class().to_dict())
     if architecture:
@@ -144,7 +144,7 @@ def _logits(model):
 
     with torch.no_grad():
         try:
-            from tieconv.architecture import tiny_inputs
+            from tieconv.knowledge.architecture import tiny_inputs
 
             out = model(**tiny_inputs(model))
         except Exception:  # noqa: BLE001 - speech/vision-only inputs: weights are compared instead
@@ -425,8 +425,8 @@ def _check_conversion(tieconv, cls, src: Path, dst: Path, action: str, loaded: d
 def _diff_agrees(tieconv, src: Path, dst: Path, result, transformers_equal: bool) -> tuple[bool, str]:
     """The conversion's own verification question, asked again: is OUT what a loader builds from IN, except
     the planned change? It must answer as transformers' reload did."""
-    from tieconv.convert import _expected_values
-    from tieconv.equivalence import compare_reports
+    from tieconv.conversion.convert import _expected_values
+    from tieconv.inspection.equivalence import compare_reports
 
     before = tieconv.inspect(src)
     after = tieconv.inspect(dst, compare=False)
@@ -470,7 +470,7 @@ def write_knowledge(pairs, path: Path) -> int:
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from tieconv import architecture as arch
+    from tieconv.knowledge import architecture as arch
 
     entries, failed = {}, {}
     for model_type, name in pairs:
@@ -505,7 +505,7 @@ def main(argv=None) -> int:
                     help="walk the classes backwards (a second process on the same --out shares the work)")
     ap.add_argument("--knowledge", metavar="FILE",
                     help="instead of judging, learn each class from its tiny default config and write the "
-                         "knowledge file tieconv ships (tieconv/architectures.json)")
+                         "knowledge file tieconv ships (tieconv/knowledge/architectures.json)")
     args = ap.parse_args(argv)
 
     import transformers

@@ -24,7 +24,7 @@ GOAL_SECONDS, GOAL_BYTES = 10, 1 << 30
 
 
 def header_at_the_limit(tmp: Path, full: bool) -> list[str]:
-    from tieconv.safetensors_header import MAX_TENSORS_PER_FILE
+    from tieconv.formats.safetensors_header import MAX_TENSORS_PER_FILE
 
     entry = '"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
     text = ("{" + ",".join(entry % i for i in range(MAX_TENSORS_PER_FILE)) + "}").encode()
@@ -37,7 +37,7 @@ def shards_at_the_limit(tmp: Path, full: bool) -> list[str]:
     import torch
     from safetensors.torch import save_file
 
-    from tieconv.checkpoint import MAX_SHARDS
+    from tieconv.formats.checkpoint import MAX_SHARDS
 
     folder = tmp / "shards"
     folder.mkdir()
@@ -54,7 +54,7 @@ def shards_at_the_limit(tmp: Path, full: bool) -> list[str]:
 
 
 def config_at_the_limit(tmp: Path, full: bool) -> list[str]:
-    from tieconv.checkpoint import MAX_CONFIG_BYTES, MAX_CONFIG_VALUES
+    from tieconv.formats.checkpoint import MAX_CONFIG_BYTES, MAX_CONFIG_VALUES
 
     folder = tmp / "m"
     shutil.copytree(FIXTURES / "llama-duplicated", folder)

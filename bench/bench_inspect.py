@@ -95,7 +95,7 @@ def measure(cmd: list[str], env=None) -> tuple[float, int]:
 
 def byte_range(folder: Path, key: str) -> tuple[Path, int, int]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tieconv.checkpoint import open_checkpoint
+    from tieconv.formats.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(folder)
     t = ckpt.tensors[key]

@@ -6,8 +6,8 @@ families Llama, Qwen2, Gemma (input scaled by sqrt(hidden)) and GPT-2 (keys stor
 plus a GGUF pair written by llama.cpp's converter - loads each in every runtime that is installed,
 and writes the raw observations to bench/runtimes-observations.json: for each runtime, version and
 case, the next-token log-probabilities and their max difference from transformers' with the stored
-head and with the embedding as the head. tests/test_runtimes.py (the default suite) derives from
-those numbers which head each runtime used and checks that tieconv's rules (tieconv/runtimes.py,
+head and with the embedding as the head. tests/knowledge/test_runtimes.py (the default suite) derives from
+those numbers which head each runtime used and checks that tieconv's rules (tieconv/knowledge/runtimes.py,
 written by hand from the runtimes' sources) predict every observation.
 
 Each runtime runs in its own virtual environment, in a child process of this script (`worker`):
@@ -399,9 +399,9 @@ COLUMNS = ("transformers", "vllm", "mlx-lm", "llama.cpp", "torchtune")
 
 
 def matrix_markdown(document: dict) -> str:
-    """The README's matrix: per state and runtime, the head the numbers show (tieconv.runtimes.heads_observed),
+    """The README's matrix: per state and runtime, the head the numbers show (tieconv.knowledge.runtimes.heads_observed),
     per family where families differ; "(differs)" where the next-token log-probs differ from transformers'."""
-    from tieconv.runtimes import heads_observed
+    from tieconv.knowledge.runtimes import heads_observed
 
     tolerance = document["tolerance"]
     cells: dict[tuple[str, str], dict[str, str]] = {}

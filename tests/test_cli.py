@@ -74,12 +74,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
 
 def test_internal_error_is_exit_70(monkeypatch):
-    import tieconv.inspection
+    import tieconv.inspection.inspector
 
     def boom(*args, **kwargs):
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(tieconv.inspection, "inspect", boom)
+    monkeypatch.setattr(tieconv.inspection.inspector, "inspect", boom)
     result = run("inspect", FIXTURES / "llama-tied")
     assert result.exit_code == 70 and "internal error" in result.output and "Traceback" not in result.output
     result = run("inspect", FIXTURES / "llama-tied", "--debug")

@@ -13,9 +13,9 @@ import pytest
 
 from .conftest import ROOT
 
-MODULES = ["tieconv.inspection", "tieconv.planning", "tieconv.convert", "tieconv.hooks", "tieconv.loading", "tieconv.saving",
-           "tieconv.memory", "tieconv.safetensors_header", "tieconv.checkpoint", "tieconv.scanning",
-           "tieconv.storage", "tieconv.equivalence"]
+MODULES = ["tieconv.inspection.inspector", "tieconv.conversion.planning", "tieconv.conversion.convert", "tieconv.torchapi.hooks", "tieconv.torchapi.loading", "tieconv.torchapi.saving",
+           "tieconv.torchapi.memory", "tieconv.formats.safetensors_header", "tieconv.formats.checkpoint", "tieconv.inspection.scanning",
+           "tieconv.torchapi.storage", "tieconv.inspection.equivalence"]
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ from tieconv.errors import InputError, OutputError, UnsupportedCheckpointError  
 
 from .conftest import FIXTURES  # noqa: E402
 from .hostile_cases import gguf_empty_strings  # noqa: E402
-from .test_gguf import write_gguf  # noqa: E402
+from .formats.test_gguf_file import write_gguf  # noqa: E402
 
 
 def test_load_state_dict_refuses_gguf(tmp_path):
@@ -79,7 +79,7 @@ def test_load_state_dict_refuses_a_dtype_torch_lacks(tmp_path):
 
 
 def test_a_file_truncated_while_its_ranges_are_copied_aborts_the_write(tmp_path):
-    from tieconv.convert import execute
+    from tieconv.conversion.convert import execute
 
     src = tmp_path / "in"
     shutil.copytree(FIXTURES / "llama-duplicated", src)
@@ -94,7 +94,7 @@ def test_a_file_truncated_while_its_ranges_are_copied_aborts_the_write(tmp_path)
 
 @pytest.mark.parametrize("link", [False, True])
 def test_a_shard_truncated_after_planning_aborts_the_write(tmp_path, link):
-    from tieconv.convert import execute
+    from tieconv.conversion.convert import execute
 
     src = tmp_path / "in"
     shutil.copytree(FIXTURES / "llama-untied-sharded", src)
@@ -195,7 +195,7 @@ def test_local_inspect_never_contacts_the_hub(tmp_path, endpoint):
 def test_offline_builds_are_serialised_and_restore_the_flag():
     from huggingface_hub import constants
 
-    from tieconv import architecture
+    from tieconv.knowledge import architecture
 
     before = constants.HF_HUB_OFFLINE
     with architecture._offline():

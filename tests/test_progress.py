@@ -87,7 +87,7 @@ def test_colours_on_a_terminal_and_never_with_no_color():
 def test_sigterm_exits_143_and_leaves_nothing(tmp_path):
     import signal
 
-    code = ("import sys, time, tieconv.convert as c\n"
+    code = ("import sys, time, tieconv.conversion.convert as c\n"
             "real = c.execute\n"
             "def slow(*a, **k):\n"
             "    print('started', flush=True); time.sleep(30)\n"

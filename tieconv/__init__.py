@@ -52,36 +52,36 @@ from .errors import (  # noqa: E402 - errors are tiny and always needed
 )
 
 _LAZY = {
-    "inspect": ("tieconv.inspection", "inspect"),
-    "Report": ("tieconv.report", "Report"),
-    "tie": ("tieconv.convert", "tie"),
-    "untie": ("tieconv.convert", "untie"),
-    "plan": ("tieconv.planning", "plan"),
-    "Plan": ("tieconv.planning", "Plan"),
-    "ConversionResult": ("tieconv.convert", "ConversionResult"),
-    "scan": ("tieconv.scanning", "scan"),
-    "diff": ("tieconv.equivalence", "diff"),
-    "DiffReport": ("tieconv.equivalence", "DiffReport"),
-    "load_state_dict": ("tieconv.loading", "load_state_dict"),
-    "save": ("tieconv.saving", "save"),
-    "SaveResult": ("tieconv.saving", "SaveResult"),
-    "memory_report": ("tieconv.memory", "memory_report"),
-    "MemoryReport": ("tieconv.memory", "MemoryReport"),
-    "tie_on_load": ("tieconv.hooks", "tie_on_load"),
-    "untie_on_load": ("tieconv.hooks", "untie_on_load"),
+    "inspect": ("tieconv.inspection.inspector", "inspect"),
+    "Report": ("tieconv.inspection.report", "Report"),
+    "tie": ("tieconv.conversion.convert", "tie"),
+    "untie": ("tieconv.conversion.convert", "untie"),
+    "plan": ("tieconv.conversion.planning", "plan"),
+    "Plan": ("tieconv.conversion.planning", "Plan"),
+    "ConversionResult": ("tieconv.conversion.convert", "ConversionResult"),
+    "scan": ("tieconv.inspection.scanning", "scan"),
+    "diff": ("tieconv.inspection.equivalence", "diff"),
+    "DiffReport": ("tieconv.inspection.equivalence", "DiffReport"),
+    "load_state_dict": ("tieconv.torchapi.loading", "load_state_dict"),
+    "save": ("tieconv.torchapi.saving", "save"),
+    "SaveResult": ("tieconv.torchapi.saving", "SaveResult"),
+    "memory_report": ("tieconv.torchapi.memory", "memory_report"),
+    "MemoryReport": ("tieconv.torchapi.memory", "MemoryReport"),
+    "tie_on_load": ("tieconv.torchapi.hooks", "tie_on_load"),
+    "untie_on_load": ("tieconv.torchapi.hooks", "untie_on_load"),
 }
 
 if TYPE_CHECKING:
-    from .convert import ConversionResult, tie, untie
-    from .equivalence import DiffReport, diff
-    from .hooks import tie_on_load, untie_on_load
-    from .inspection import inspect
-    from .loading import load_state_dict
-    from .memory import MemoryReport, memory_report
-    from .planning import Plan, plan
-    from .report import Report
-    from .saving import SaveResult, save
-    from .scanning import scan
+    from .conversion.convert import ConversionResult, tie, untie
+    from .inspection.equivalence import DiffReport, diff
+    from .torchapi.hooks import tie_on_load, untie_on_load
+    from .inspection.inspector import inspect
+    from .torchapi.loading import load_state_dict
+    from .torchapi.memory import MemoryReport, memory_report
+    from .conversion.planning import Plan, plan
+    from .inspection.report import Report
+    from .torchapi.saving import SaveResult, save
+    from .inspection.scanning import scan
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ from .errors import TieconvError
 if TYPE_CHECKING:
     from types import FrameType
 
-    from .convert import ConversionResult
+    from .conversion.convert import ConversionResult
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_PROBLEM = 1
@@ -119,9 +119,9 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
       tieconv inspect model.safetensors --embed tok_embeddings.weight --head output.weight
       tieconv inspect Qwen/Qwen2.5-0.5B@main --no-download
     """
-    from .inspection import inspect
+    from .inspection.inspector import inspect
     from .progress import colour_enabled, set_quiet
-    from .report import render
+    from .inspection.report import render
 
     set_quiet(quiet)
     report = inspect(path, embed=embed, head=head, compare=not (no_compare or no_download))
@@ -130,9 +130,9 @@ def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, he
     else:
         click.echo(render(report, colour=colour_enabled()))
         if report.runtimes:
-            from .runtimes import render_rows
+            from .knowledge.runtimes import render_rows
 
-            click.echo("runtimes   what each one uses as the head (tieconv.runtimes; `--json` has the sources)")
+            click.echo("runtimes   what each one uses as the head (tieconv.knowledge.runtimes; `--json` has the sources)")
             click.echo("\n".join("  " + line for line in render_rows(report.runtimes)))
     if check and report.problem:
         sys.exit(EXIT_PROBLEM)
@@ -164,7 +164,7 @@ def _conversion_options(func: Callable[..., None]) -> Callable[..., None]:
 
 
 def _render_conversion(result: ConversionResult, as_json: bool) -> None:
-    from .convert import summary
+    from .conversion.convert import summary
 
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -197,7 +197,7 @@ def tie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool, e
       tieconv tie fixtures/llama-head-missing /tmp/llama-repaired --assume-tied --dry-run
       tieconv tie fixtures/single-files/llama-untied.safetensors /tmp/llama.pt --keep embed
     """
-    from .convert import tie
+    from .conversion.convert import tie
     from .progress import set_quiet
 
     set_quiet(quiet)
@@ -227,7 +227,7 @@ def untie_command(src: str, dst: str, dry_run: bool, as_json: bool, force: bool,
       tieconv untie fixtures/bart-tied /tmp/bart-untied --json
       tieconv untie fixtures/nanogpt/ckpt.pt /tmp/nanogpt-untied.pt
     """
-    from .convert import untie
+    from .conversion.convert import untie
     from .progress import set_quiet
 
     set_quiet(quiet)
@@ -260,7 +260,7 @@ def diff_command(a: str, b: str, as_json: bool, check: bool, quiet: bool) -> Non
       tieconv diff original/ merged/ --check        # after mergekit, a conversion script...
       tieconv diff org/name@main ./local-copy --json
     """
-    from .equivalence import diff, render
+    from .inspection.equivalence import diff, render
     from .progress import set_quiet
 
     set_quiet(quiet)
@@ -293,7 +293,7 @@ def scan_command(dirs: tuple[str, ...], as_json: bool, check: bool, no_compare: 
       tieconv scan Qwen/Qwen2.5-0.5B HuggingFaceTB/SmolLM2-135M
     """
     from .progress import colour_enabled, set_quiet
-    from .scanning import render, scan
+    from .inspection.scanning import render, scan
 
     set_quiet(quiet)
     result = scan(list(dirs) or None, compare=not no_compare)

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tieconv
+from tieconv.cli import main
+from tieconv.errors import CorruptFileError, RefusedError
+
+
+def write_gguf(path, *, head: str | None, head_type=gguf.GGMLQuantizationType.F32, seed=0):
+    """A small llama-arch GGUF written with gguf's own writer. head: None, 'same', 'different'."""
+    rng = np.random.default_rng(seed)
+    embed = rng.standard_normal((64, 16)).astype(np.float32)
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_embedding_length(16)
+    writer.add_string("general.name", "tiny")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(64)])
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(16, dtype=np.float32))
+    if head == "same":
+        writer.add_tensor("output.weight", embed.copy())
+    elif head == "different":
+        other = rng.standard_normal((64, 16)).astype(np.float32)
+        if head_type == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor("output.weight", other.astype(np.float16))
+        else:
+            writer.add_tensor("output.weight", other)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("head,verdict", [(None, "tied"), ("same", "tieable"), ("different", "untied")])
+def test_gguf_verdicts(tmp_path, head, verdict):
+    report = tieconv.inspect(write_gguf(tmp_path / "m.gguf", head=head))
+    assert (report.layout, report.verdict) == ("gguf", verdict)
+    assert report.embed.key == "token_embd.weight" and report.embed.dtype == "F32"
+    assert report.head.key == "output.weight"
+
+
+def test_gguf_head_of_another_type_is_untied_and_names_both(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", head="different", head_type=gguf.GGMLQuantizationType.F16)
+    report = tieconv.inspect(path)
+    assert report.verdict == "untied" and report.head.dtype == "F16" and "F32 embedding, F16 head" in report.reason
+
+
+def _fields(path):
+    reader = gguf.GGUFReader(path)
+    return {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+
+
+def test_gguf_tie_and_untie_round_trip(tmp_path):
+    src = write_gguf(tmp_path / "m.gguf", head="same")
+    result = tieconv.tie(src, tmp_path / "tied.gguf")
+    assert result.verdict == "tied" and result.bytes_saved == 64 * 16 * 4
+    tied = gguf.GGUFReader(tmp_path / "tied.gguf")
+    assert [t.name for t in tied.tensors] == ["token_embd.weight", "blk.0.attn_norm.weight"]
+    assert _fields(tmp_path / "tied.gguf") == _fields(src)
+    orig = {t.name: np.array(t.data) for t in gguf.GGUFReader(src).tensors}
+    for t in tied.tensors:
+        assert np.array_equal(np.array(t.data), orig[t.name])
+
+    result = tieconv.untie(tmp_path / "tied.gguf", tmp_path / "untied.gguf")
+    assert result.verdict == "tieable" and result.bytes_saved == -64 * 16 * 4
+    untied = {t.name: np.array(t.data) for t in gguf.GGUFReader(tmp_path / "untied.gguf").tensors}
+    assert np.array_equal(untied["output.weight"], untied["token_embd.weight"])
+    assert _fields(tmp_path / "untied.gguf") == _fields(src)
+
+
+def test_gguf_tie_refuses_different_heads(tmp_path):
+    src = write_gguf(tmp_path / "m.gguf", head="different")
+    with pytest.raises(RefusedError, match="--keep"):
+        tieconv.tie(src, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_corrupt_gguf(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", head="same")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CorruptFileError, match="m.gguf"):
+        tieconv.inspect(path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_gguf_tie_ignores_the_input_folders_other_files(tmp_path):
+    src = write_gguf(tmp_path / "m.gguf", head="same")
+    (tmp_path / "notes.txt").write_text("neighbour")
+    result = tieconv.tie(src, tmp_path / "out.gguf")
+    assert result.verdict == "tied" and result.files_written == [str(tmp_path / "out.gguf")]
+
+
+def test_gguf_alignment_is_carried_over(tmp_path):
+    path = tmp_path / "aligned.gguf"
+    rng = np.random.default_rng(0)
+    embed = rng.standard_normal((64, 16)).astype(np.float32)
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_custom_alignment(64)
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))  # odd size: padding matters
+    writer.add_tensor("output.weight", embed.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tieconv.tie(path, tmp_path / "out.gguf")
+    reader = gguf.GGUFReader(tmp_path / "out.gguf")  # gguf's own reader must read it
+    assert reader.alignment == 64
+    assert np.array_equal(np.array(reader.tensors[0].data), embed)
+    assert [t.name for t in reader.tensors] == ["token_embd.weight", "blk.0.attn_norm.weight"]
+
+
+def write_tied_pair(path, embed, arch="llama"):
+    """A GGUF holding `embed` as token_embd.weight and a copy as output.weight (gguf's own writer)."""
+    writer = gguf.GGUFWriter(path, arch=arch)
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("output.weight", embed.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_tie_refused_where_llama_cpp_requires_the_head(tmp_path):
+    path = write_tied_pair(tmp_path / "neox.gguf", np.ones((64, 16), dtype=np.float32), arch="gptneox")
+    report = tieconv.inspect(path)
+    assert report.verdict == "tieable" and any("requires output.weight" in n for n in report.notes)
+    with pytest.raises(RefusedError, match="gptneox loader requires output.weight"):
+        tieconv.tie(path, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_gguf_write_under_a_file_size_limit_is_a_clean_refusal(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    path = write_tied_pair(tmp_path / "m.gguf", np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float32))
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    result = subprocess.run([sys.executable, "-m", "tieconv.cli", "tie", str(path), str(tmp_path / "out.gguf")],
+                            preexec_fn=cap, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "file size limit" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]

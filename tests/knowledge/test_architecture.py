@@ -1,0 +1,235 @@
+"""Architecture knowledge against transformers itself: a representative subset of bench/arch_sweep.py.
+
+Each judged class is built tiny with tieconv's one shrinking rule, saved by transformers in five states
+(tied, untied, tieable, duplicated, conflict), inspected, converted, and every conversion tieconv calls
+lossless is reloaded in transformers and compared weight by weight and logit by logit. The full sweep
+(every class transformers knows) is `python bench/arch_sweep.py`; its figure is in the README.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+import tieconv
+from tieconv.knowledge import architecture as arch
+
+from ..conftest import ROOT
+from ..helpers import embed_and_head, llama_config, write_config, write_llama
+
+_spec = importlib.util.spec_from_file_location("arch_sweep", ROOT / "bench" / "arch_sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+# one class of every family the every-architecture sweep found wrong, and the common decoders
+FAMILIES = [
+    ("marian", "MarianMTModel"),  # the input embedding is itself a target: the group's source is model.shared
+    ("prophetnet", "ProphetNetForCausalLM"),
+    ("blip-2", "Blip2ForConditionalGeneration"),  # "forced" read from false,absent -> true: it is not
+    ("llava", "LlavaForConditionalGeneration"),
+    ("encoder-decoder", "EncoderDecoderModel"),  # the head ties to the decoder's embedding
+    ("t5gemma", "T5GemmaForConditionalGeneration"),
+    ("switch_transformers", "SwitchTransformersForConditionalGeneration"),  # the flag also scales
+    ("fsmt", "FSMTForConditionalGeneration"),  # the head is the tie source
+    ("qwen2_audio", "Qwen2AudioForConditionalGeneration"),  # no tie map for the head: tie refuses
+    ("bigbird_pegasus", "BigBirdPegasusForCausalLM"),
+    ("bailing_hybrid", "BailingHybridForCausalLM"),  # saved as model.word_embeddings
+    ("wav2vec2", "Wav2Vec2ForPreTraining"),  # no token embedding: no-head, keys null
+    ("vit_mae", "ViTMAEForPreTraining"),
+    ("bart", "BartForConditionalGeneration"),  # the flag governs the encoder/decoder embeddings too
+    ("t5", "T5ForConditionalGeneration"),  # a truly forced flag
+    ("llama", "LlamaForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+    ("gemma2", "Gemma2ForCausalLM"),
+    ("gpt2", "GPT2LMHeadModel"),
+    ("bert", "BertForMaskedLM"),
+]
+
+
+_JUDGED: dict = {}
+
+
+def judged(model_type: str, name: str, tmp_path_factory) -> dict:
+    """One judgment per class per session, shared by the tests that look at it."""
+    if (model_type, name) not in _JUDGED:
+        _JUDGED[model_type, name] = sweep.judge_class(model_type, name, tmp_path_factory.mktemp(name))
+    return _JUDGED[model_type, name]
+
+
+@pytest.mark.parametrize("model_type,name", FAMILIES, ids=[n for _, n in FAMILIES])
+def test_transformers_agrees(model_type, name, tmp_path_factory):
+    result = judged(model_type, name, tmp_path_factory)
+    assert result["status"] == "judged", result.get("error")
+    assert result["problems"] == []
+    lossless = [c for c in result["conversions"] if c["outcome"] == "lossless"]
+    if result.get("kind") == "ties":
+        # the conversions that must happen did, and transformers loads them unchanged
+        done = {(c["action"], c["state"]) for c in lossless}
+        if "duplicated" in result["states"]:
+            assert ("tie", "duplicated") in done
+        if not result.get("forced") and not result["flag_changes_forward"]:
+            assert ("untie", "tied") in done
+
+
+def test_marian_group_source_is_the_embedding(tmp_path_factory):
+    result = judged("marian", "MarianMTModel", tmp_path_factory)
+    tied = result["states"]["tied"]
+    assert (tied["verdict"], tied["embed"], tied["head"]) == ("tied", "model.shared.weight", "lm_head.weight")
+    assert result["states"]["duplicated"]["verdict"] == "duplicated"
+
+
+def test_no_tie_map_refuses_tie(tmp_path_factory):
+    result = judged("qwen2_audio", "Qwen2AudioForConditionalGeneration", tmp_path_factory)
+    assert result["kind"] == "never-ties"
+    tie_tieable = next(c for c in result["conversions"] if (c["action"], c["state"]) == ("tie", "tieable"))
+    assert tie_tieable["outcome"] == "refused" and "never ties" in tie_tieable["why"]
+
+
+def test_flag_that_scales_is_not_flipped(tmp_path_factory):
+    result = judged("switch_transformers", "SwitchTransformersForConditionalGeneration", tmp_path_factory)
+    untie = next(c for c in result["conversions"] if (c["action"], c["state"]) == ("untie", "tied"))
+    assert untie["outcome"] == "refused" and "changes the forward" in untie["why"]
+
+
+def test_no_token_embedding_is_no_head(tmp_path):
+    cfg = transformers.Wav2Vec2Config(**sweep.tiny_config_doc(transformers.Wav2Vec2Config))
+    transformers.Wav2Vec2ForPreTraining(cfg).save_pretrained(tmp_path)
+    report = tieconv.inspect(tmp_path)
+    assert report.verdict == "no-head" and report.tie_group is None
+    assert (report.to_dict()["embed"], report.to_dict()["head"]) == (None, None)
+    with pytest.raises(tieconv.RefusedError):
+        tieconv.tie(tmp_path, tmp_path.parent / "never")
+
+
+def _learned(model_type: str, name: str) -> arch.ArchitectureInfo:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return arch._learn_from_transformers(sweep.tiny_config_doc(CONFIG_MAPPING[model_type], name),
+                                         getattr(transformers, name))
+
+
+def test_wrapped_embedding_key_is_the_parameter():
+    info = _learned("neomme", "NeoMMEForMaskedLM")
+    assert info.embed == "model.embed_tokens.word_embeddings.weight"
+    assert info.tie_groups["model.embed_tokens.word_embeddings.weight"] == ["lm_head.weight"]
+
+
+def test_flag_governs_other_groups():
+    info = _learned("florence2", "Florence2ForConditionalGeneration")
+    assert info.flag_owner == "text_config" and not info.forced
+    assert "model.language_model.encoder.embed_tokens.weight" in info.governed  # untie materialises it too
+    assert info.pair_embed == "model.language_model.shared.weight"
+
+
+def test_forced_only_when_no_value_changes_it():
+    assert _learned("t5", "T5ForConditionalGeneration").forced is True
+    blip = _learned("blip-2", "Blip2ForConditionalGeneration")
+    assert blip.forced is False and blip.flag_owner == "text_config"
+
+
+# ---------------------------------------------------------------- the cache key
+
+
+def test_cache_key_has_what_changes_the_answer_and_no_sizes():
+    llava_gemma = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+                   "text_config": {"model_type": "gemma", "hidden_size": 2048}}
+    llava_llama = {**llava_gemma, "text_config": {"model_type": "llama", "hidden_size": 2048}}
+    bigger = {**llava_gemma, "text_config": {"model_type": "gemma", "hidden_size": 4096}, "tie_word_embeddings": True}
+    assert arch.cache_key(llava_gemma) != arch.cache_key(llava_llama)
+    assert arch.cache_key(llava_gemma) == arch.cache_key(bigger)
+    sliding = {**llava_gemma, "layer_types": ["sliding_attention", "full_attention"]}
+    assert arch.cache_key(sliding) != arch.cache_key(llava_gemma)
+    assert arch.cache_key(sliding) == arch.cache_key({**sliding, "layer_types": ["full_attention",
+                                                                                  "sliding_attention"] * 20})
+
+
+def test_llava_gemma_then_llava_llama(tmp_path):
+    """The second Llava must not inherit the first's default flag (Gemma ties by default, Llama does not)."""
+    vision = {"model_type": "clip_vision_model", "num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
+              "num_attention_heads": 2, "image_size": 8, "patch_size": 4}
+    text = {k: v for k, v in llama_config().items() if k not in ("architectures", "model_type")}
+    embed, _ = embed_and_head()
+    verdicts = []
+    for text_type in ("gemma", "llama"):
+        folder = tmp_path / text_type
+        write_config(folder, architectures=["LlavaForConditionalGeneration"], model_type="llava",
+                     vision_config=vision, text_config={"model_type": text_type, **text, "head_dim": 8})
+        save_file({"model.language_model.embed_tokens.weight": embed}, folder / "model.safetensors")
+        verdicts.append(tieconv.inspect(folder).verdict)
+    assert verdicts == ["tied", "head-missing"]
+
+
+# ---------------------------------------------------------------- the class and the prefix rule
+
+
+def test_class_chosen_by_keys_without_architectures(tmp_path):
+    cfg = transformers.BartConfig(**sweep.tiny_config_doc(transformers.BartConfig))
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(cfg)
+    model.save_pretrained(tmp_path)
+    doc = json.loads((tmp_path / "config.json").read_text())
+    doc.pop("architectures")
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    report = tieconv.inspect(tmp_path)
+    assert report.architecture == "BartForConditionalGeneration"
+    assert (report.verdict, report.embed.key, report.head.key) == ("tied", "model.shared.weight", "lm_head.weight")
+    out = tmp_path.parent / "untied"
+    tieconv.untie(tmp_path, out)
+    a = transformers.BartForConditionalGeneration.from_pretrained(tmp_path)
+    b = transformers.BartForConditionalGeneration.from_pretrained(out)
+    ids = torch.arange(3, 9).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(a(input_ids=ids, decoder_input_ids=ids).logits, b(input_ids=ids, decoder_input_ids=ids).logits)
+
+
+def test_draft_head_is_not_the_head(tmp_path):
+    embed, other = embed_and_head()
+    folder = write_llama(tmp_path / "m", tie=True, tensors={"model.embed_tokens.weight": embed,
+                                                            "draft.lm_head.weight": other})
+    report = tieconv.inspect(folder)
+    assert (report.verdict, report.head.key, report.head.stored) == ("tied", "lm_head.weight", False)
+    tieconv.tie(folder, tmp_path / "out", force=True)  # a normalised copy keeps the draft head
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        assert set(f.keys()) == {"model.embed_tokens.weight", "draft.lm_head.weight"}
+
+
+def test_base_prefix_rule_is_exact():
+    assert arch.stored_key("model.embed_tokens.weight", {"embed_tokens.weight"}, "model") == "embed_tokens.weight"
+    assert arch.stored_key("lm_head.weight", {"model.lm_head.weight"}, "model") == "model.lm_head.weight"
+    assert arch.stored_key("lm_head.weight", {"draft.lm_head.weight"}, "model") is None
+
+
+# ---------------------------------------------------------------- the shipped knowledge file
+
+
+def test_knowledge_file_matches_a_fresh_run():
+    data = json.loads(arch.KNOWLEDGE_FILE.read_text())
+    assert data["schema"] == arch.CACHE_SCHEMA
+    if data["transformers"] != arch.transformers_version():
+        pytest.skip(f"knowledge made with transformers {data['transformers']}")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    for model_type, name in [("llama", "LlamaForCausalLM"), ("gemma2", "Gemma2ForCausalLM"), ("t5", "T5ForConditionalGeneration")]:
+        doc = sweep.tiny_config_doc(CONFIG_MAPPING[model_type], name)
+        fresh = arch._learn_from_transformers(doc, getattr(transformers, name))
+        assert data["entries"][arch.cache_key(doc)] == json.loads(json.dumps(asdict(fresh)))
+
+
+def test_cold_start_in_knowledge_file_imports_neither_torch_nor_transformers(tmp_path):
+    embed, _ = embed_and_head()
+    folder = write_llama(tmp_path / "m", tie=True, tensors={"model.embed_tokens.weight": embed})
+    code = ("import sys, tieconv; r = tieconv.inspect(%r); "
+            "print(r.verdict, 'torch' in sys.modules, 'transformers' in sys.modules)" % str(folder))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["tied", "False", "False"]

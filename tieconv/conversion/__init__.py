@@ -1,0 +1,1 @@
+"""Tie and untie: the plan (plain data), its execution, and the crash-safe output writer."""

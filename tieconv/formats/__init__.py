@@ -1,0 +1,1 @@
+"""How checkpoints are stored: safetensors, torch pickles, GGUF, and Hub repos read remotely."""

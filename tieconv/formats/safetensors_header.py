@@ -1,0 +1,257 @@
+"""A strict reader of safetensors headers.
+
+Why our own: huggingface_hub's local parser is lenient (25 MB cap, ignores UTF-8
+errors, does not check holes or overlaps) and slow to import, and safetensors'
+own reader maps the whole file.  We need only the 8-byte length and the JSON
+header, validated against every rule of the format, so that every later step
+(comparison, streaming copy) can trust the offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ..errors import CorruptFileError
+
+# Limits that real checkpoints never approach, checked before the JSON is parsed: the reference
+# reader allows 100 MB, but parsing that much JSON takes over a gigabyte of memory; huggingface_hub's
+# reader stops at 25 MB, and real headers are a few MB (about 100 bytes per tensor).
+MAX_HEADER_BYTES = 25_000_000
+MAX_TENSORS_PER_FILE = 200_000
+MAX_DIM = 2**63 - 1  # torch and numpy index with signed 64-bit integers
+MAX_NDIM = 64  # numpy's limit; also keeps the size product cheap
+
+# Bits per element; sub-byte float formats pack several elements per byte.
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
+    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+class HeaderEntry(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index builds 90k of them
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # relative to the data buffer
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: str
+    data_start: int  # absolute offset of the data buffer in the file
+    data_size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    tensors: dict[str, HeaderEntry] = field(default_factory=dict)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)  # in C; only a short dict means a repeated key, then find it
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {repeated!r}")
+    return obj
+
+
+ENTRY_FIELDS = {"dtype", "shape", "data_offsets"}
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """repr() of a value taken from the file, cut so that no message carries a file's bulk."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _encodable(names: dict[str, Any]) -> bool:
+    """False when a key or value holds a lone surrogate (JSON escapes allow `\\ud800`; UTF-8 cannot)."""
+    try:
+        for key, value in names.items():
+            key.encode("utf-8")
+            if isinstance(value, str):
+                value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
+    """Validate the JSON header bytes `raw` of a file of `file_size` bytes."""
+
+    def bad(why: str) -> CorruptFileError:
+        return CorruptFileError(f"{path}: not a valid safetensors file: {why}; re-download or re-save it")
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.lstrip().startswith("{"):
+        raise bad("header is not a JSON object")
+    # an upper bound on the entries (the field name can only be quoted once per entry, or in a name):
+    # counted in C, so a header of a million empty tensors is refused before it costs a gigabyte to parse
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS_PER_FILE:
+        raise bad(f"about {entries} tensors, over the limit of {MAX_TENSORS_PER_FILE} per file")
+    try:
+        doc = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except RecursionError:
+        raise bad("header JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise bad(f"header is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise bad("header is not a JSON object")
+
+    data_start = 8 + len(raw)
+    data_size = file_size - data_start
+    metadata = doc.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise bad("__metadata__ must map strings to strings")
+    if not _encodable(metadata) or not _encodable(doc):
+        raise bad("a name holds a lone UTF-16 surrogate, which no UTF-8 file can hold")
+
+    tensors: dict[str, HeaderEntry] = {}
+    # `type(x) is int` rejects bools (JSON true/false) as the format does; checks stay in C where they can,
+    # as a 90k-tensor index runs this loop 90k times
+    for name, info in doc.items():
+        if type(info) is not dict or info.keys() != ENTRY_FIELDS:
+            raise bad(f"entry {_short(name)} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        dtype_bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+        if dtype_bits is None:
+            raise bad(f"entry {_short(name)} has unknown dtype {_short(dtype)}")
+        # type() is not int also refuses bools; the bounds keep sizes within what any file can hold
+        if type(shape) is not list or len(shape) > MAX_NDIM or (shape and (
+                set(map(type, shape)) != {int} or min(shape) < 0 or max(shape) > MAX_DIM)):
+            raise bad(f"entry {_short(name)} has an invalid shape {_short(shape)}")
+        if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int \
+                or type(offsets[1]) is not int or not 0 <= offsets[0] <= offsets[1]:
+            raise bad(f"entry {_short(name)} has invalid data_offsets {_short(offsets)}")
+        bits = math.prod(shape) * dtype_bits
+        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
+            raise bad(
+                f"entry {_short(name)}: {dtype} {_short(shape)} needs {bits / 8:g} bytes "
+                f"but data_offsets span {offsets[1] - offsets[0]}"
+            )
+        if offsets[1] > data_size:
+            raise bad(f"entry {_short(name)} ends at byte {offsets[1]}, past the data ({data_size} bytes)")
+        tensors[name] = HeaderEntry(dtype, tuple(shape), offsets[0], offsets[1])
+
+    # The entries, sorted by offset, must tile the buffer exactly.
+    position = 0
+    for name, entry in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
+        if entry.begin < position:
+            raise bad(f"entry {_short(name)} overlaps the previous tensor")
+        if entry.begin > position:
+            raise bad(f"a hole of {entry.begin - position} bytes before entry {_short(name)}")
+        position = entry.end
+    if position != data_size:
+        raise bad(f"{data_size - position} bytes after the last tensor belong to no entry")
+    return SafetensorsHeader(path, data_start, data_size, dict(metadata), tensors)
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and strictly validate the header of the safetensors file at `path`.
+
+    Raises `CorruptFileError` naming the file and the broken rule.
+
+    Example:
+        >>> header = read_header("fixtures/llama-duplicated/model.safetensors")
+        >>> header.tensors["lm_head.weight"].dtype
+        'BF16'
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            file_size = stat.st_size
+            cached = _cached_header(path, stat)
+            if cached is not None:
+                return cached
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CorruptFileError(f"{path}: truncated: {file_size} bytes is too short for a safetensors file")
+            length = int.from_bytes(prefix, "little")
+            if length > MAX_HEADER_BYTES:
+                raise CorruptFileError(
+                    f"{path}: header claims {length} bytes, over the {MAX_HEADER_BYTES}-byte cap; not a safetensors file?"
+                )
+            if 8 + length > file_size:
+                raise CorruptFileError(
+                    f"{path}: truncated: header claims {length} bytes but the file has {file_size - 8} after the length"
+                )
+            raw = f.read(length)
+    except IsADirectoryError:
+        raise CorruptFileError(f"{path}: is a folder, expected a safetensors file") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    header = parse_header(raw, file_size, path)
+    if len(raw) >= CACHED_HEADER_BYTES:
+        _store_header(path, stat, header)
+    return header
+
+
+# A validated header, cached by the file's identity (device, inode, size, mtime and ctime in ns: ctime
+# cannot be set back by a user), so the second inspect of a 90k-tensor index reads 161 small marshal
+# files instead of parsing and validating 10 MB of JSON again (the parse, not the I/O, is what costs).
+# Only big headers are cached; a changed file misses and is parsed and validated again.
+CACHED_HEADER_BYTES = 32 << 10
+_HEADER_CACHE_VERSION = 1
+
+
+def _header_cache_file(path: str) -> str:
+    import hashlib
+
+    from ..knowledge.architecture import cache_dir
+
+    digest = hashlib.sha1(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()
+    return os.path.join(cache_dir(), "headers", digest + ".marshal")
+
+
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    return (_HEADER_CACHE_VERSION, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _cached_header(path: str, stat: os.stat_result) -> SafetensorsHeader | None:
+    import marshal
+
+    try:
+        with open(_header_cache_file(path), "rb") as f:
+            identity, data_start, data_size, metadata, entries = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if identity != _identity(stat):
+        return None
+    new = tuple.__new__
+    return SafetensorsHeader(path, data_start, data_size, metadata,
+                             {e[0]: new(HeaderEntry, e[1:]) for e in entries})
+
+
+def _store_header(path: str, stat: os.stat_result, header: SafetensorsHeader) -> None:
+    """Write atomically; go on silently when the cache folder is not writable."""
+    import marshal
+    import tempfile
+
+    entries = [(name, *entry) for name, entry in header.tensors.items()]
+    try:
+        target = _header_cache_file(path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".header-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(marshal.dumps((_identity(stat), header.data_start, header.data_size, header.metadata, entries)))
+        os.replace(tmp, target)
+    except (OSError, ValueError):
+        pass

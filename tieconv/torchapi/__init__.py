@@ -1,0 +1,1 @@
+"""The pipeline API on torch modules and state dicts: load hooks, loading, deduplicating save, memory."""
