@@ -84,8 +84,6 @@ def repo_ref(src: str | os.PathLike[str]) -> RepoRef | None:
     is always a repo; anything else huggingface_hub's validator accepts (`org/name`, `gpt2`) is a repo id.
     Path objects are local paths.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
-
     if not isinstance(src, str):
         return None
     text = src
@@ -97,6 +95,10 @@ def repo_ref(src: str | os.PathLike[str]) -> RepoRef | None:
         if text.lower().endswith(LOCAL_SUFFIXES):
             return None
     repo, _, revision = body.partition("@")
+    if repo.count("/") > 1 and not forced:
+        return None  # never a repo id, decided without importing huggingface_hub (a fifth of a second)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
+
     try:
         validate_repo_id(repo)
         if "@" in body and not revision:
@@ -609,7 +611,7 @@ def _json(raw: bytes, where: str, max_values: int | None = -1) -> Any:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CorruptFileError(f"{where}: not valid UTF-8 JSON; fix the file on the Hub") from None
-    _check_json_shape(doc, Path(where), "JSON file", MAX_CONFIG_VALUES if max_values == -1 else max_values)
+    _check_json_shape(doc, Path(where), "JSON file", MAX_CONFIG_VALUES if max_values == -1 else max_values, raw)
     return doc
 
 

@@ -376,11 +376,9 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
     verdict, reason = _verdict(
         names, flag, embed_stored, head_stored, head_aliased or embed_aliased, same_storage, shapes_differ, dtypes_differ, identical, ckpt
     )
-    unique_storages = {t.storage: t for t in ckpt.tensors.values()}
-    total_bytes = sum(t.nbytes for t in unique_storages.values())
+    stored_params, unique_params, total_bytes = ckpt.totals()
     reclaimable = sum(ckpt.tensors[k].nbytes for k in reclaim_keys)
-    stored_params = sum(t.numel for t in ckpt.tensors.values())
-    unique_params = sum(t.numel for t in unique_storages.values()) - sum(ckpt.tensors[k].numel for k in reclaim_keys)
+    unique_params -= sum(ckpt.tensors[k].numel for k in reclaim_keys)
 
     report = Report(
         path=str(ckpt.path),
@@ -410,12 +408,11 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
 
 def _no_token_embedding(ckpt: Checkpoint, names: Names, notes: list[str]) -> Report:
     """Speech and vision models (wav2vec2, ViTMAE...): nothing to tie, and no keys to name."""
-    unique = {t.storage: t for t in ckpt.tensors.values()}
+    stored_params, unique_params, unique_bytes = ckpt.totals()
     return Report(
         path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict="no-head", embed=None, head=None,
         tie_flag=names.flag, identical=None, equal_after_cast=None,
-        parameters=Parameters(sum(t.numel for t in ckpt.tensors.values()), sum(t.numel for t in unique.values())),
-        bytes=ByteCounts(sum(t.nbytes for t in unique.values()), 0), reclaimable_keys=[], tie_map={}, tie_group=None,
+        parameters=Parameters(stored_params, unique_params), bytes=ByteCounts(unique_bytes, 0), reclaimable_keys=[], tie_map={}, tie_group=None,
         architecture=names.architecture, config=ckpt.config_file,
         reason=f"{names.architecture} has no token embedding", advice=_advice_text("no-head", str(ckpt.path), "0 B"),
         notes=notes, checkpoint=ckpt,
