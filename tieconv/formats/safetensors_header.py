@@ -16,6 +16,7 @@ import os
 from typing import Any, NamedTuple
 
 from ..errors import CorruptFileError
+from . import file_cache
 
 # Limits that real checkpoints never approach, checked before the JSON is parsed: the reference
 # reader allows 100 MB, but parsing that much JSON takes over a gigabyte of memory; huggingface_hub's
@@ -55,7 +56,7 @@ class SafetensorsHeader:
     """
 
     def __init__(self, path: str, data_start: int, data_size: int, metadata: dict[str, str], names: list[str],
-                 columns: list[tuple[Any, ...]], numel: int) -> None:
+                 columns: list[tuple[Any, ...]], numel: int, identity: tuple[int, ...] | None = None) -> None:
         self.path = path
         self.data_start = data_start  # absolute offset of the data buffer in the file
         self.data_size = data_size
@@ -63,6 +64,7 @@ class SafetensorsHeader:
         self.names = names
         self.columns = columns
         self.numel = numel  # elements of all tensors: a parameter count needs no pass over 90k entries
+        self.identity = identity  # of the local file it was read from (file_cache.identity), else None
 
     @functools.cached_property
     def tensors(self) -> dict[str, HeaderEntry]:
@@ -225,57 +227,28 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     header = parse_header(raw, file_size, path)
+    header.identity = file_cache.identity(stat)
     if len(raw) >= CACHED_HEADER_BYTES:
-        _store_header(path, stat, header)
+        _store_header(stat, header)
     return header
 
 
-# A validated header, cached by the file's identity (device, inode, size, mtime and ctime in ns: ctime
-# cannot be set back by a user), so the second inspect of a 90k-tensor index reads 161 small marshal
-# files instead of parsing and validating 10 MB of JSON again (the parse, not the I/O, is what costs).
-# The cache file is named by device and inode (no realpath, no hash: 161 of those cost more than the
-# reads) and holds columns, which marshal loads faster than 90k small tuples and which become
-# HeaderEntry tuples without a Python-level loop. Only big headers are cached; a changed file misses
-# and is parsed and validated again.
+# Only big headers are cached (file_cache): small ones parse in less time than a cache file takes to read.
 CACHED_HEADER_BYTES = 32 << 10
-_HEADER_CACHE_VERSION = 2
-
-
-def _header_cache_file(stat: os.stat_result) -> str:
-    from ..knowledge.architecture import cache_dir
-
-    return os.path.join(cache_dir(), "headers", f"{stat.st_dev:x}-{stat.st_ino:x}.marshal")
-
-
-def _identity(stat: os.stat_result) -> tuple[int, ...]:
-    return (_HEADER_CACHE_VERSION, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def _cached_header(path: str, stat: os.stat_result) -> SafetensorsHeader | None:
-    import marshal
-
+    value = file_cache.load("header", stat)
     try:
-        with open(_header_cache_file(stat), "rb") as f:
-            identity, data_start, data_size, metadata, numel, names, columns = marshal.loads(f.read())
-    except (OSError, ValueError, EOFError, TypeError):
+        data_start, data_size, metadata, numel, names, columns = value
+    except (TypeError, ValueError):
         return None
-    if identity != _identity(stat) or len(columns) != 4 or any(len(c) != len(names) for c in columns):
+    if len(columns) != 4 or any(len(c) != len(names) for c in columns):
         return None
-    return SafetensorsHeader(path, data_start, data_size, metadata, names, columns, numel)
+    return SafetensorsHeader(path, data_start, data_size, metadata, names, columns, numel, file_cache.identity(stat))
 
 
-def _store_header(path: str, stat: os.stat_result, header: SafetensorsHeader) -> None:
-    """Write atomically; go on silently when the cache folder is not writable."""
-    import marshal
-    import tempfile
-
-    try:
-        target = _header_cache_file(stat)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".header-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps((_identity(stat), header.data_start, header.data_size, header.metadata,
-                                   header.numel, header.names, header.columns)))
-        os.replace(tmp, target)
-    except (OSError, ValueError):
-        pass
+def _store_header(stat: os.stat_result, header: SafetensorsHeader) -> None:
+    # columns, which marshal loads faster than 90k small tuples and which become entries without a Python loop
+    file_cache.store("header", stat, (header.data_start, header.data_size, header.metadata, header.numel,
+                                      header.names, header.columns))
