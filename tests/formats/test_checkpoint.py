@@ -5,6 +5,7 @@ every check."""
 from __future__ import annotations
 
 import json
+import os
 
 import gguf
 import numpy as np
@@ -143,3 +144,23 @@ def test_gguf_backend_reads_the_file_as_gguf_does(tmp_path):
     ckpt = open_checkpoint(path)
     for t in reader.tensors:
         assert b"".join(bytes(c) for c in ckpt.iter_bytes(t.name)) == np.asarray(t.data).tobytes()
+
+
+def test_range_reads_keep_a_bounded_number_of_files_open(tmp_path):
+    import gc
+
+    from tieconv.formats import tensor_file
+
+    from huggingface_hub import save_torch_state_dict
+
+    save_torch_state_dict({f"w{i}": torch.full((64, 16), float(i)) for i in range(40)}, tmp_path, max_shard_size=5000)
+    ckpt = open_checkpoint(tmp_path)
+    assert len(ckpt.files) == 40
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(40):
+        assert ckpt.read_range(f"w{i}", 0, 4) == torch.tensor([float(i)]).numpy().tobytes()
+    assert len(tensor_file._descriptors) <= tensor_file.MAX_OPEN_FILES
+    assert len(os.listdir("/proc/self/fd")) <= before + tensor_file.MAX_OPEN_FILES
+    del ckpt
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -108,7 +108,7 @@ class GGUFFile(TensorFile):
         return stream_file_range(self.path, info.offset or 0, info.nbytes, chunk_bytes, info.key)
 
     def read_range(self, info: StoredTensor, start: int, length: int) -> bytes:
-        return read_file_range(self.path, (info.offset or 0) + start, length)
+        return read_file_range(self, self.path, (info.offset or 0) + start, length)
 
     def load_tensor(self, info: StoredTensor) -> Any:
         return load_tensor(self.path, info.key)

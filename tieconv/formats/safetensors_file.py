@@ -64,7 +64,7 @@ class SafetensorsFile(TensorFile):
         return stream_file_range(self.path, _offset(info), info.nbytes, chunk_bytes, info.key)
 
     def read_range(self, info: StoredTensor, start: int, length: int) -> bytes:
-        return read_file_range(self.path, _offset(info) + start, length)
+        return read_file_range(self, self.path, _offset(info) + start, length)
 
     def load_tensor(self, info: StoredTensor) -> Any:
         from safetensors import safe_open

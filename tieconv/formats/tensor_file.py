@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import weakref
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -173,6 +176,33 @@ def stream_file_range(path: Path, offset: int, nbytes: int, chunk_bytes: int, ke
             yield buffer if want == len(buffer) else buffer[:want]
 
 
-def read_file_range(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        return os.pread(f.fileno(), length, offset)
+def read_file_range(owner: TensorFile, path: Path, offset: int, length: int) -> bytes:
+    """`length` bytes of the file at `path` (read by the backend `owner`) from `offset`.
+
+    The descriptor stays open for the next read: sampled verification reads six ranges of each tensor,
+    and for a 90k-tensor index opening the file for every read cost several times the reads. At most
+    MAX_OPEN_FILES stay open (least recently used closed first); one is closed with its backend.
+    """
+    with _descriptors_lock:
+        fd = _descriptors.get(id(owner))
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            _descriptors[id(owner)] = fd
+            weakref.finalize(owner, _close_descriptor, id(owner), fd)
+            while len(_descriptors) > MAX_OPEN_FILES:
+                _close_descriptor(*next(iter(_descriptors.items())))
+        else:
+            _descriptors.move_to_end(id(owner))
+        return os.pread(fd, length, offset)
+
+
+MAX_OPEN_FILES = 32
+_descriptors: OrderedDict[int, int] = OrderedDict()  # id of a live backend -> its open descriptor
+_descriptors_lock = threading.RLock()
+
+
+def _close_descriptor(owner_id: int, fd: int) -> None:
+    with _descriptors_lock:
+        if _descriptors.get(owner_id) == fd:  # not already closed (evicted, then the backend collected)
+            del _descriptors[owner_id]
+            os.close(fd)
