@@ -349,8 +349,8 @@ def tie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep: str |
         >>> import tieconv, tempfile, os
         >>> out = os.path.join(tempfile.mkdtemp(), "tied")
         >>> result = tieconv.tie("fixtures/llama-duplicated", out)
-        >>> result.verdict, result.bytes_saved
-        ('tied', 2048)
+        >>> print(result.verdict, result.bytes_saved)
+        tied 2048
     """
     return _run("tie", src, dst, dry_run=dry_run, verify=verify, keep=keep, assume_tied=assume_tied, force=force,
                 embed=embed, head=head, overwrite=overwrite, link=link, drop_optimizer=drop_optimizer,
@@ -369,8 +369,8 @@ def untie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bo
         >>> import tieconv, tempfile, os
         >>> out = os.path.join(tempfile.mkdtemp(), "untied")
         >>> result = tieconv.untie("fixtures/llama-tied", out)
-        >>> result.verdict, result.bytes_saved
-        ('tieable', -2048)
+        >>> print(result.verdict, result.bytes_saved)
+        tieable -2048
     """
     return _run("untie", src, dst, dry_run=dry_run, verify=verify, force=force, embed=embed, head=head,
                 overwrite=overwrite, link=link, drop_optimizer=drop_optimizer, drop_other_weights=drop_other_weights)
@@ -379,19 +379,30 @@ def untie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bo
 def _run(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dry_run: bool, verify: str,
          **options: Any) -> ConversionResult:
     start = time.monotonic()
-    p, report = plan(action, src, dst, download=False, **options)  # a Hub repo: from its headers
+    p, report = plan(action, src, dst, **options)  # a Hub repo: from its headers, nothing downloaded
     planned_from_hub = report.downloaded_bytes
     preflight(p, report.checkpoint.path)  # OUT is checked the same way whether or not anything is written
-    if not (p.nothing_to_do or dry_run) and report.layout == "hub":
-        p, report = plan(action, src, dst, **options)  # now download what the plan needs, and plan from the files
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
                                 report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings),
                                 downloaded_bytes=planned_from_hub)
+    if report.layout == "hub":
+        p, report = _download_and_plan(action, src, dst, options)
     result = execute(p, report, verify=verify)
     result.downloaded_bytes = planned_from_hub
     result.seconds = time.monotonic() - start
     return result
+
+
+def _download_and_plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                       options: dict[str, Any]) -> tuple[Plan, Report]:
+    """A Hub input about to be converted: download the files the conversion needs into the Hugging Face
+    cache, and plan again from them (the bytes are copied from local files, not streamed over HTTP)."""
+    from ..formats import hub
+
+    p, report = plan(action, hub.local_path(src), dst, **options)
+    p.source = str(src)  # the repo the user named, not the cache folder
+    return p, report
 
 
 def summary(result: ConversionResult) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, Flag, auto
 
 
 class Verdict(str, Enum):
@@ -41,15 +41,13 @@ class Member(Enum):
     CHOSEN = "chosen"  # the user's `--keep embed|head`; refused without it
 
 
-class Drop(Enum):
-    """Which stored keys `tie` leaves out of OUT."""
+class Drop(Flag):
+    """Which stored keys `tie` leaves out of OUT (combined with `|`)."""
 
-    NOTHING = "nothing"
-    HEAD = "the head"
-    # every stored tie-map target bit-identical to its source, and every target stored as one storage with
-    # its source (a .bin or torch file): OUT stores it once
-    COPIES = "the copies"
-    HEAD_AND_COPIES = "the head and the copies"
+    NOTHING = 0
+    HEAD = auto()
+    EQUAL_COPIES = auto()  # every stored tie-map target bit-identical to its source (`reclaimable_keys`)
+    SHARED_TARGETS = auto()  # every tie-map target stored as one storage with its source (a .bin or torch file)
 
 
 class Store(Enum):
@@ -124,7 +122,7 @@ class VerdictRow:
 _NOT_COMPARED = Refusal("{path}: the embedding and the head were not compared, so the verdict is undecided; "
                         "inspect it again without --no-compare")
 _KEEP_ONE = Step(Verdict.TIED, True, "tie {verdict} keeping the {keep}'s matrix", keep=Member.CHOSEN,
-                 drop=Drop.HEAD_AND_COPIES, refusal=Refusal(
+                 drop=Drop.HEAD | Drop.EQUAL_COPIES, refusal=Refusal(
                      "{path}: {embed} and {head} differ ({difference}); tying changes the model's outputs: "
                      "pass --keep embed or --keep head to choose the surviving matrix", lifted_by="keep"))
 _STORE_TARGETS = Step(Verdict.TIEABLE, False, store=Store.TARGETS)
@@ -133,14 +131,14 @@ TABLE: dict[Verdict, VerdictRow] = {
     Verdict.TIED: VerdictRow(
         "one copy, as intended", False, "32",
         "Nothing to do: the head is the embedding.",
-        tie=Step(Verdict.TIED, True, drop=Drop.COPIES, done=Done.NO_COPIES),
+        tie=Step(Verdict.TIED, True, drop=Drop.EQUAL_COPIES | Drop.SHARED_TARGETS, done=Done.NO_COPIES),
         untie=_STORE_TARGETS,
         load=Load.SHARE,
     ),
     Verdict.DUPLICATED: VerdictRow(
         "wasted bytes: tying loses nothing", True, "33",
         "Run `tieconv tie {path} OUT` to drop the duplicate and save {saved}.",
-        tie=Step(Verdict.TIED, True, drop=Drop.COPIES),
+        tie=Step(Verdict.TIED, True, drop=Drop.EQUAL_COPIES | Drop.SHARED_TARGETS),
         untie=_STORE_TARGETS,
         load=Load.SHARE,
     ),
@@ -154,7 +152,7 @@ TABLE: dict[Verdict, VerdictRow] = {
     Verdict.TIEABLE: VerdictRow(
         "consistent; tying would lose nothing", False, "32",
         "Consistent as is; `tieconv tie {path} OUT` would save {saved} without changing outputs.",
-        tie=Step(Verdict.TIED, True, drop=Drop.COPIES),
+        tie=Step(Verdict.TIED, True, drop=Drop.EQUAL_COPIES | Drop.SHARED_TARGETS),
         untie=Step(Verdict.TIEABLE, False, done=Done.ALWAYS),
         load=Load.AS_STORED,
     ),
