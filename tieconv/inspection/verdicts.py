@@ -136,7 +136,7 @@ TABLE: dict[Verdict, VerdictRow] = {
         load=Load.SHARE,
     ),
     Verdict.DUPLICATED: VerdictRow(
-        "wasted bytes: tying loses nothing", True, "33",
+        "the flag ties, the head is an equal copy: wasted bytes", True, "33",
         "Run `tieconv tie {path} OUT` to drop the duplicate and save {saved}.",
         tie=Step(Verdict.TIED, True, drop=Drop.EQUAL_COPIES | Drop.SHARED_TARGETS),
         untie=_STORE_TARGETS,
@@ -157,7 +157,7 @@ TABLE: dict[Verdict, VerdictRow] = {
         load=Load.AS_STORED,
     ),
     Verdict.CONFLICT: VerdictRow(
-        "runtimes disagree on which matrix is the head", True, "31",
+        "the flag ties, the two differ: runtimes disagree on the head", True, "31",
         "Run `tieconv untie {path} OUT` to keep both matrices (the head transformers uses), "
         "or `tieconv tie --keep embed|head` to choose one. {agreement}",
         tie=_KEEP_ONE,
@@ -168,7 +168,7 @@ TABLE: dict[Verdict, VerdictRow] = {
         advised_result=Verdict.UNTIED,
     ),
     Verdict.HEAD_MISSING: VerdictRow(
-        "each loader fills the head differently", True, "31",
+        "the flag unties, no head stored: loaders fill it differently", True, "31",
         "If the model was trained tied, run `tieconv tie {path} OUT --assume-tied`. {agreement}",
         tie=Step(Verdict.TIED, True, "repair the config: the model was trained tied (--assume-tied)",
                  keep=Member.EMBED, refusal=Refusal(
@@ -184,7 +184,7 @@ TABLE: dict[Verdict, VerdictRow] = {
         advised_result=Verdict.TIED,
     ),
     Verdict.EMBED_MISSING: VerdictRow(
-        "the embedding is lost unless the flag ties", True, "31",
+        "no embedding stored: lost unless the flag ties", True, "31",
         "Run `tieconv tie {path} OUT` to store the head's matrix as the embedding.",
         tie=Step(Verdict.TIED, True, "store the head's matrix as the embedding and tie", keep=Member.HEAD,
                  drop=Drop.HEAD),
@@ -195,14 +195,14 @@ TABLE: dict[Verdict, VerdictRow] = {
         load=Load.EMBED_FROM_HEAD,
     ),
     Verdict.NO_HEAD: VerdictRow(
-        "nothing to tie", False, "32",
+        "the model has no output head: nothing to tie", False, "32",
         "Nothing to tie: the model has no output head.",
         tie=Step(None, True, refusal=Refusal("{path}: the model has no output head; there is nothing to tie")),
         untie=Step(None, False, refusal=Refusal("{path}: the model has no output head; there is nothing to untie")),
         load=Load.AS_STORED,
     ),
     Verdict.UNDECIDED: VerdictRow(
-        "not compared: compare to decide", True, "33",
+        "both stored, not compared: compare to decide", True, "33",
         "Run again without --no-compare to compare the two matrices.",
         tie=Step(None, True, refusal=_NOT_COMPARED),
         untie=Step(None, False, refusal=_NOT_COMPARED),
