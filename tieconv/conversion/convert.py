@@ -302,10 +302,8 @@ def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
     original = ckpt.torch_object()
     if isinstance(original, dict):
         obj = _rebuild_wrapper(original, state_dict, set(p.left_out))
-    with open(folder / f.name, "xb") as out:
+    with open(folder / f.name, "xb") as out:  # made durable by OutputFolder (fsync_tree) with the rest
         torch.save(obj, out)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _rebuild_wrapper(original: dict[Any, Any], state_dict: dict[str, Any], left_out: set[str]) -> dict[Any, Any]:
