@@ -42,6 +42,7 @@ FAMILIES = [
     ("qwen2_audio", "Qwen2AudioForConditionalGeneration"),  # no tie map for the head: tie refuses
     ("bigbird_pegasus", "BigBirdPegasusForCausalLM"),
     ("bailing_hybrid", "BailingHybridForCausalLM"),  # saved as model.word_embeddings
+    ("inkling2_text", "Inkling2ForCausalLM"),  # the head saved as model.llm.unembed (a converter pads it)
     ("wav2vec2", "Wav2Vec2ForPreTraining"),  # no token embedding: no-head, keys null
     ("vit_mae", "ViTMAEForPreTraining"),
     ("bart", "BartForConditionalGeneration"),  # the flag governs the encoder/decoder embeddings too
@@ -120,6 +121,13 @@ def test_wrapped_embedding_key_is_the_parameter():
     info = _learned("neomme", "NeoMMEForMaskedLM")
     assert info.embed == "model.embed_tokens.word_embeddings.weight"
     assert info.tie_groups["model.embed_tokens.word_embeddings.weight"] == ["lm_head.weight"]
+
+
+def test_key_renamed_by_a_converter_that_makes_a_new_tensor():
+    """Inkling2 pads its head back to the stored vocabulary on save: the tensor is new, the key still renamed."""
+    info = _learned("inkling2_text", "Inkling2ForCausalLM")
+    assert (info.embed, info.head) == ("model.llm.embed.weight", "model.llm.unembed.weight")
+    assert info.memory_names["model.llm.unembed.weight"] == "lm_head.weight"
 
 
 def test_flag_governs_other_groups():

@@ -671,21 +671,26 @@ def _disk_names(model: Any, names: set[str]) -> dict[str, str]:
         return {n: n for n in names}
 
     def revert(subset: Iterable[str]) -> dict[str, str]:
-        placeholders = {n: torch.empty(0) for n in subset}  # distinct objects, so identity maps back
+        """The names followed by identity: placeholders are distinct objects, so a renamed one maps back."""
+        placeholders = {n: torch.empty(0) for n in subset}
         reverted = revert_weight_conversion(model, dict(placeholders))
         back = {id(t): k for k, t in reverted.items()}
-        return {n: back.get(id(t), n) for n, t in placeholders.items()}
+        return {n: back[id(t)] for n, t in placeholders.items() if id(t) in back}
+
+    def revert_one(name: str) -> str:
+        """A converter that makes a new tensor (Inkling2 pads its head back to the stored vocabulary:
+        `lm_head.weight` is saved as `model.llm.unembed.weight`) loses identity: alone, its one output is it."""
+        try:
+            reverted = revert_weight_conversion(model, {name: torch.empty(0)})
+        except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): not renamed
+            return name
+        return next(iter(reverted)) if len(reverted) == 1 else name
 
     try:
-        return revert(names)
-    except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): one name at a time
+        out = revert(names)
+    except Exception:  # noqa: BLE001 - a converter that needs its whole set: one name at a time
         out = {}
-        for n in names:
-            try:
-                out.update(revert([n]))
-            except Exception:  # noqa: BLE001
-                out[n] = n
-        return out
+    return {n: out[n] if n in out else revert_one(n) for n in names}
 
 
 def _flag_owner(model: Any, cfg: object, head_mem: str | None, tie_mem: dict[str, str]) -> str:
