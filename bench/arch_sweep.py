@@ -81,6 +81,21 @@ def tiny_config_doc(config_class, architecture: str | None = None) -> dict:
     return doc
 
 
+def config_class_for(model_type: str, cls):
+    """The config class `cls` is built from for `model_type`, as transformers' auto classes choose it.
+
+    The model type's own (a model type may reuse another's class: exaone -> Llama), except when the class
+    takes one of its sub-configs (`Qwen3_5ForCausalLM` under `qwen3_5` reads the text config, as
+    `AutoModelForCausalLM.from_config` does; `MusicgenForCausalLM` the decoder's)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    mapped = CONFIG_MAPPING[model_type]
+    own = getattr(cls, "config_class", None)
+    if own is not None and own is not mapped and own in getattr(mapped, "sub_configs", {}).values():
+        return own
+    return mapped
+
+
 def _set_flag(doc: dict, flag: bool) -> None:
     doc[FLAG] = flag
     for value in doc.values():
@@ -209,9 +224,7 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     if cls is None:
         result["status"] = "not-importable"
         return result
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    config_class = CONFIG_MAPPING[model_type]  # a model type may reuse another's class (exaone -> Llama)
+    config_class = config_class_for(model_type, cls)
     try:
         with _quiet():
             tied_cfg = tiny_config(config_class, True)
@@ -468,7 +481,6 @@ def write_knowledge(pairs, path: Path) -> int:
     from dataclasses import asdict
 
     import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     from tieconv.knowledge import architecture as arch
 
@@ -476,7 +488,7 @@ def write_knowledge(pairs, path: Path) -> int:
     for model_type, name in pairs:
         try:
             with _quiet():
-                doc = tiny_config_doc(CONFIG_MAPPING[model_type], name)
+                doc = tiny_config_doc(config_class_for(model_type, getattr(transformers, name)), name)
                 info = arch._learn_from_transformers(doc, getattr(transformers, name))
         except Exception as exc:  # noqa: BLE001 - not shipped: learned live
             failed[name] = _error(exc)
