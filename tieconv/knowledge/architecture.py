@@ -621,7 +621,7 @@ def _tiny_size(key: str, value: int | None) -> int | None:
     def smaller(tiny: int) -> int | None:
         return tiny if value is None or value > tiny else None
 
-    if key in HIDDEN_KEYS or key.endswith("hidden_size"):
+    if key in HIDDEN_KEYS or "hidden_size" in key:  # text_hidden_size, hidden_size_global...
         return smaller(TINY_HIDDEN)
     if value is None:  # only what a model needs and transformers derives the same way
         if key in HEAD_KEYS or key in KV_KEYS:
@@ -635,13 +635,13 @@ def _tiny_size(key: str, value: int | None) -> int | None:
         return 2 * TINY_HIDDEN if value > 0 else None
     if key in LAYER_KEYS:
         return smaller(TINY_LAYERS)
-    if key in HEAD_KEYS:
+    if key in HEAD_KEYS or key.endswith(("attention_heads", "num_heads", "_n_heads")):  # decoder_..., index_...
         return smaller(TINY_HEADS)
     if key in KV_KEYS:
         return smaller(TINY_KV_HEADS)
     if key in HEAD_DIM_KEYS:
         return smaller(TINY_HEAD_DIM)
-    if key.endswith("vocab_size"):
+    if "vocab_size" in key or key.endswith("_vocab"):  # vocab_size_per_layer_input, hash_byte_group_vocab
         return smaller(TINY_VOCAB)
     if "experts" in key and "per_tok" not in key:
         return smaller(4)
@@ -665,6 +665,8 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, list):
             if old_layers and len(value) in old_layers:
                 out[key] = _per_layer_list(value)
+            elif key == "depths" and all(isinstance(v, int) and v > 1 for v in value):
+                out[key] = [1] * len(value)  # layers per stage (Swin, audio codecs): one each
         elif value is None or isinstance(value, int):
             tiny = _tiny_size(key, value)
             if tiny is not None:
@@ -714,9 +716,11 @@ def _keep_agreements(old: dict[str, Any], new: dict[str, Any], old_depth: int) -
     sizes = []
     if hidden:
         sizes.append((old[hidden], size(hidden)))
-    hd_old = old.get("head_dim") if isinstance(old.get("head_dim"), int) else (
+    # the rotary dimension: `qk_rope_head_dim` where attention has one (MLA), else the head size
+    rope = "qk_rope_head_dim" if isinstance(old.get("qk_rope_head_dim"), int) else "head_dim"
+    hd_old = old.get(rope) if isinstance(old.get(rope), int) else (
         old[hidden] // old[heads] if hidden and heads else None)
-    hd_new = size("head_dim") if isinstance(size("head_dim"), int) else (
+    hd_new = size(rope) if isinstance(size(rope), int) else (
         size(hidden) // size(heads) if hidden and heads else None)
     if hd_old and hd_new:
         sizes.append((hd_old // 2, hd_new // 2))
