@@ -236,6 +236,7 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - recorded with transformers' own error
         result["status"] = "does-not-build"
         result["error"] = _error(exc)
+        result["default_config"] = _default_builds(cls, config_class)
         return result
 
     embed_w, head_w = _head_and_embed(tied_model)
@@ -369,6 +370,19 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     return result
 
 
+def _default_builds(cls, config_class) -> str:
+    """Whether transformers builds the class from its own default config (full size, on the meta device):
+    "builds" means only the shrinking rule's config is refused; otherwise transformers' own error."""
+    import torch
+
+    try:
+        with _quiet(), torch.device("meta"):
+            cls(config_class())
+    except Exception as exc:  # noqa: BLE001
+        return _error(exc)
+    return "builds"
+
+
 def _flag_changes_forward(tied_model, untied_model) -> bool:
     """The flag-off model given the flag-on model's very weights: does a forward change?"""
     import copy
@@ -463,9 +477,27 @@ def summarize(results: list[dict]) -> dict:
         "wrong": sorted(f"{r['model_type']}/{r['class']}" for r in judged if r["problems"]),
         "lossless_claimed_but_not": lossy,
         "excluded": {f"{r['model_type']}/{r['class']}": f"{r['status']}: {r.get('error', '')}" for r in excluded},
+        "excluded_by_reason": _reasons(excluded),
         "line": f"{len(right)} of {len(judged)} classes right; {len(excluded)} of {len(results)} not judged "
                 f"(transformers cannot build them tiny or reload its own save)",
     }
+
+
+def _reasons(excluded: list[dict]) -> dict[str, list[str]]:
+    """The classes not judged, grouped by why: the README states these groups."""
+    groups: dict[str, list[str]] = {}
+    for r in excluded:
+        error = r.get("error", "")
+        if r["status"] == "does-not-build" and "requires the" in error and "library" in error:
+            why = "needs a library that is not installed"
+        elif r["status"] == "does-not-build" and r.get("default_config", "builds") != "builds":
+            why = "transformers' own default config does not build either"
+        elif r["status"] == "does-not-build":
+            why = "the shrinking rule's config is refused (the default config builds)"
+        else:
+            why = r["status"]
+        groups.setdefault(why, []).append(r["class"])
+    return {k: sorted(set(v)) for k, v in sorted(groups.items())}
 
 
 def _done_by_others(partial: Path) -> set:
