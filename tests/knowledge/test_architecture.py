@@ -245,3 +245,31 @@ def test_cold_start_in_knowledge_file_imports_neither_torch_nor_transformers(tmp
     env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["tied", "False", "False"]
+
+
+# ---------------------------------------------------------------- the shrinking rule
+
+
+def test_shrinking_keeps_what_transformers_requires_to_agree():
+    doc = arch.tiny_config_dict({
+        "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32, "d_head": 128,
+        "num_hidden_layers": 72, "kv_source_layers": list(range(70)) + [69, 69],
+        "rope_parameters": {"mrope_section": [16, 24, 24]}, "head_dim": None, "vocab_size": None,
+        "vision_config": {"model_type": "v", "hidden_size": 1536, "out_hidden_size": 4096, "depths": [3, 3, 8]},
+        "mamba_n_heads": 128, "mamba_d_head": 64, "mamba_expand": 2})
+    assert (doc["hidden_size"], doc["num_attention_heads"], doc["num_key_value_heads"]) == (64, 4, 4)  # still MHA
+    assert doc["d_head"] == 16 and doc["head_dim"] == 16 and doc["vocab_size"] == arch.TINY_VOCAB  # unset: filled
+    assert doc["kv_source_layers"] == [0, 1]  # the kept layers point at kept layers
+    assert sum(doc["rope_parameters"]["mrope_section"]) == 16 // 2  # rotary sections sum to half the head
+    assert doc["vision_config"]["out_hidden_size"] == doc["hidden_size"] and doc["vision_config"]["depths"] == [1, 1, 1]
+    assert doc["mamba_n_heads"] * doc["mamba_d_head"] == doc["mamba_expand"] * doc["hidden_size"]
+
+
+@pytest.mark.parametrize("model_type,name", [
+    ("inkling2", "Inkling2ForConditionalGeneration"), ("mamba2", "Mamba2ForCausalLM"),
+    ("xlnet", "XLNetLMHeadModel"), ("qwen3_5", "Qwen3_5ForCausalLM"), ("esmc", "EsmcForMaskedLM"),
+])
+def test_classes_the_old_rule_could_not_build_now_build(model_type, name):
+    cls = getattr(transformers, name)
+    with torch.device("meta"):
+        cls(sweep.tiny_config(sweep.config_class_for(model_type, cls), True))
