@@ -597,6 +597,7 @@ LAYER_KEYS = {"num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder
               "num_decoder_layers", "num_encoder_layers", "depth", "num_text_layers", "decoder_depth"}
 # State-space blocks: heads x head size must equal expand x hidden (Mamba-2, Bamba, GraniteMoeHybrid)
 SSM_KEYS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
+SSM_WIDTH_KEYS = ("mamba_d_ssm",)  # where set, the width heads x head size must equal instead (Falcon-H1)
 
 
 def tiny_config_dict(config: dict[str, Any]) -> dict[str, Any]:
@@ -704,7 +705,12 @@ def _keep_agreements(old: dict[str, Any], new: dict[str, Any], old_depth: int) -
         for hd in sorted(HEAD_DIM_KEYS & old.keys()):
             if old[hd] == old[hidden] // old[heads]:
                 new[hd] = size(hidden) // size(heads)
-    # state-space heads x head size = expand x hidden
+    # state-space heads x head size = an explicit width, or expand x hidden
+    for n_heads, head_dim, _ in SSM_KEYS:
+        for width in SSM_WIDTH_KEYS:
+            if all(isinstance(old.get(k), int) and isinstance(new.get(k), int) for k in (n_heads, head_dim, width)) \
+                    and old[n_heads] * old[head_dim] == old[width]:
+                new[width] = new[n_heads] * new[head_dim]
     for n_heads, head_dim, expand in SSM_KEYS:
         if hidden and all(isinstance(old.get(k), int) and isinstance(new.get(k), int)
                           for k in (n_heads, head_dim, expand)) and \
