@@ -7,15 +7,16 @@
    against `huggingface_hub.get_local_safetensors_metadata` on the same folder, and prints the ratio.
    Each pair of runs is alternated, so both see the same machine load; the median of the runs and the
    spread of the per-pair ratios (the run-to-run noise) are printed.
-3. Times the cold start (an empty tieconv cache) of `tieconv inspect` on a tiny Llama checkpoint, and
-   says whether torch or transformers was imported (they are not for architectures in the shipped
-   knowledge file made with the installed transformers).
+3. Times the cold start (an empty tieconv cache) of `tieconv inspect` on a tiny Llama checkpoint (in the
+   shipped knowledge file) and a tiny Llava with a Mistral text model (not in it: learned live), and says
+   whether torch or transformers was imported (they are not for architectures in the shipped knowledge
+   file made with the installed transformers).
 4. With --tie: `tieconv tie --link` on a duplicated copy of the checkpoint (shards hard-linked, the head
    set equal to the embedding), against `cp` of exactly the bytes it writes (the head's shard, rewritten
    without the head) followed by `sync`: a ratio near 1 means the conversion costs what its writes cost.
    This writes about 3.7 GB of real bytes per run (deleted after).
 
-Usage:  python bench/bench_index.py [--dir bench/out/deepseek-v3-shape] [--repeat 3] [--tie]
+Usage:  python bench/bench_index.py [--dir bench/out/deepseek-v3-shape] [--repeat 3] [--tie] [--cold-only]
 """
 
 from __future__ import annotations
@@ -183,13 +184,8 @@ def bench_tie_link(folder: Path, repeat: int) -> None:
           f"({spread([x / y for x, y in zip(walls, copies)])})")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default="bench/out/deepseek-v3-shape")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--tie", action="store_true", help="also time tie --link (writes ~3.7 GB per run)")
-    args = ap.parse_args()
-    folder = Path(args.dir).resolve()
+def index_ratio(folder: Path, repeat: int) -> None:
+    """Warm inspect of the DeepSeek-V3-shaped index against huggingface_hub's header parse."""
     make_checkpoint(folder)
     n = len(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
     print(f"{folder}: {n} tensors in {SHARDS} shards")
@@ -198,34 +194,61 @@ def main() -> int:
     hub = f"from huggingface_hub import get_local_safetensors_metadata as g; g({str(folder)!r})"
     print("warming:", timed(inspect)[1])  # learns the architecture, fills the page cache
     ours, theirs = [], []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         ours.append(timed(inspect)[0])
         theirs.append(timed(hub)[0])
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"warm inspect {a:.2f} s, huggingface_hub.get_local_safetensors_metadata {b:.2f} s: ratio {a / b:.2f} "
-          f"(median of {args.repeat}; {spread([x / y for x, y in zip(ours, theirs)])}; goal <= 0.5)")
-    if args.tie:
-        bench_tie_link(folder, args.repeat)
+          f"(median of {repeat}; {spread([x / y for x, y in zip(ours, theirs)])}; goal <= 0.5)")
 
-    tiny = Path(tempfile.mkdtemp(prefix="cold-"))
+
+def cold_start(label: str, folder: Path, repeat: int) -> None:
+    """The first inspect with an empty tieconv cache, and whether it imported torch or transformers."""
+    code = ("import sys, tieconv; r = tieconv.inspect(%r); "
+            "print(r.verdict, 'torch' in sys.modules, 'transformers' in sys.modules)" % str(folder))
+    times = []
+    for _ in range(repeat):
+        env = {**os.environ, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="cold-cache-")}
+        t, out = timed(code, env)
+        times.append(t)
+    verdict, torch_in, tf_in = out.split()
+    print(f"cold start (empty cache, {label}): {statistics.median(times):.2f} s; "
+          f"verdict {verdict}, imported torch: {torch_in}, transformers: {tf_in}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default="bench/out/deepseek-v3-shape")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tie", action="store_true", help="also time tie --link (writes ~3.7 GB per run)")
+    ap.add_argument("--cold-only", action="store_true", help="only the cold starts, not the 92k-tensor index")
+    args = ap.parse_args()
+    if not args.cold_only:
+        index_ratio(Path(args.dir).resolve(), args.repeat)
+        if args.tie:
+            bench_tie_link(Path(args.dir).resolve(), args.repeat)
     from safetensors.torch import save_file
     import torch
 
+    tiny = Path(tempfile.mkdtemp(prefix="cold-"))
     (tiny / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64, "hidden_size": 16,
         "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
         "tie_word_embeddings": True}))
     save_file({"model.embed_tokens.weight": torch.zeros(64, 16)}, tiny / "model.safetensors")
-    cold = ("import sys, tieconv; r = tieconv.inspect(%r); "
-            "print(r.verdict, 'torch' in sys.modules, 'transformers' in sys.modules)" % str(tiny))
-    times = []
-    for _ in range(args.repeat):
-        env = {**os.environ, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="cold-cache-")}
-        t, out = timed(cold, env)
-        times.append(t)
-    verdict, torch_in, tf_in = out.split()
-    print(f"cold start (empty cache, LlamaForCausalLM): {statistics.median(times):.2f} s; "
-          f"verdict {verdict}, imported torch: {torch_in}, transformers: {tf_in}")
+    cold_start("LlamaForCausalLM, in the knowledge file", tiny, args.repeat)
+    # Llava with a Mistral text model: the file has Llava with its default (Llama) text model only
+    import transformers
+
+    other = Path(tempfile.mkdtemp(prefix="cold-"))
+    transformers.LlavaConfig(
+        text_config=transformers.MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+        vision_config=transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, image_size=8, patch_size=4),
+        architectures=["LlavaForConditionalGeneration"]).to_json_file(other / "config.json")
+    save_file({"model.language_model.embed_tokens.weight": torch.zeros(64, 16)}, other / "model.safetensors")
+    cold_start("Llava with a Mistral text model, not in the knowledge file", other, args.repeat)
     return 0
 
 

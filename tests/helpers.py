@@ -35,3 +35,25 @@ def embed_and_head(seed: int = 0, same: bool = False, dtype=torch.float32):
     embed = torch.randn(64, 16, generator=g).to(dtype)
     head = embed.clone() if same else torch.randn(64, 16, generator=g).to(dtype)
     return embed, head
+
+
+# one checkpoint in each verdict: a fixture, or a builder of one (`undecided` is `llama-duplicated` not compared)
+VERDICT_FIXTURES = {
+    "tied": "llama-tied", "duplicated": "llama-duplicated", "untied": "llama-untied", "tieable": "llama-tieable",
+    "conflict": "llama-conflict", "head-missing": "llama-head-missing", "embed-missing": "llama-embed-missing",
+    "no-head": "bert-encoder", "undecided": "llama-duplicated",
+}
+
+
+def write_embed_missing_untied(folder: Path) -> Path:
+    """`embed-missing` whose flag unties: the embedding is lost (the case `untie` refuses)."""
+    _, head = embed_and_head()
+    return write_llama(folder, tie=False, tensors={"lm_head.weight": head})
+
+
+def stored_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors folder or file, as stored (read by safetensors itself)."""
+    from safetensors.torch import load_file
+
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    return {k: v for f in files for k, v in load_file(f).items()}

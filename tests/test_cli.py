@@ -8,7 +8,10 @@ from click.testing import CliRunner
 import tieconv
 from tieconv.cli import main
 
+from tieconv.inspection.verdicts import TABLE, Verdict
+
 from .conftest import FIXTURES
+from .helpers import VERDICT_FIXTURES
 
 SCHEMA_KEYS = {
     "schema_version", "path", "layout", "files", "verdict", "embed", "head", "tie_flag", "identical",
@@ -53,17 +56,19 @@ def test_json_schema():
     assert doc == tieconv.inspect(FIXTURES / "llama-untied").to_dict() | {"path": str(FIXTURES / "llama-untied")}
 
 
-@pytest.mark.parametrize(
-    "name,code",
-    [("llama-tied", 0), ("llama-untied", 0), ("llama-tieable", 0), ("bert-encoder", 0),
-     ("llama-duplicated", 1), ("llama-conflict", 1), ("llama-head-missing", 1), ("llama-embed-missing", 1)],
-)
+@pytest.mark.parametrize("verdict", list(Verdict))
+def test_check_exit_status_follows_the_verdict_table(verdict):
+    name = VERDICT_FIXTURES[verdict]  # every verdict has a checkpoint here (KeyError otherwise)
+    args = ["--no-compare"] if verdict == "undecided" else []
+    result = run("inspect", FIXTURES / name, "--check", "--json", *args)
+    assert json.loads(result.output)["verdict"] == verdict
+    assert result.exit_code == (1 if TABLE[verdict].check_fails else 0)
+    assert run("inspect", FIXTURES / name, *args).exit_code == 0  # without --check: never a failure
+
+
+@pytest.mark.parametrize("name,code", [("llama-tied", 0), ("llama-duplicated", 1), ("llama-head-missing", 1)])
 def test_check_exit_codes(name, code):
     assert run("inspect", FIXTURES / name, "--check").exit_code == code
-
-
-def test_check_undecided_fails():
-    assert run("inspect", FIXTURES / "llama-duplicated", "--no-compare", "--check").exit_code == 1
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

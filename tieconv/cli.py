@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import TieconvError
+from .inspection.verdicts import PROBLEM_VERDICTS, TABLE, listed
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -67,10 +68,12 @@ def _install_signal_handlers() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="tieconv")
-def main() -> None:
-    """Are this checkpoint's input embedding and output head tied, and is that what the config says?
+# what `--check` fails on, and each verdict's meaning, come from the verdict table (light: no torch)
+_PROBLEMS = listed(PROBLEM_VERDICTS)
+_VERDICT_LINES = "\n".join(f"      {v.value + (' *' if row.check_fails else ''):<17}{row.meaning}" for v, row in TABLE.items())
+
+
+@click.group(context_settings=CONTEXT, help=f"""Are this checkpoint's input embedding and output head tied, and is that what the config says?
 
     \b
     Examples:
@@ -78,17 +81,38 @@ def main() -> None:
       tieconv inspect consolidated.00.pth --json
       tieconv inspect path/to/model --check   # exit 1 when the flag and the data disagree
 
-    Exit codes: 0 success; 1 --check found a problem (verdict duplicated, conflict,
-    head-missing, embed-missing or undecided); 2 bad input, a refusal or a failed
-    verification; 70 an internal error; 130 / 143 interrupted by Ctrl-C / SIGTERM.
-    """
+    Exit codes: 0 success; 1 --check found a problem (verdict {_PROBLEMS}); 2 bad input, a refusal
+    or a failed verification; 70 an internal error; 130 / 143 interrupted by Ctrl-C / SIGTERM.
+    """)
+@click.version_option(__version__, "-V", "--version", prog_name="tieconv")
+def main() -> None:
     _install_signal_handlers()
 
 
-@main.command("inspect", context_settings=CONTEXT, short_help="Name a checkpoint's tying state, with the evidence.")
+@main.command("inspect", context_settings=CONTEXT, short_help="Name a checkpoint's tying state, with the evidence.",
+              help=f"""Name the tying state of the checkpoint at PATH with one verdict and its evidence.
+
+    PATH is a Hugging Face model folder (safetensors or .bin, single or sharded), a single
+    .safetensors / .bin / .pt / .pth file (Meta, TorchChat, nanoGPT, torchtune), a .gguf file,
+    a sentence-transformers folder, or a Hub repo `org/name[@revision]` or `hf://org/name[@revision]`
+    (a local path that exists, or one starting with ./ ../ / ~, is local; the local Hugging Face
+    cache is read first; otherwise a repo's safetensors headers are read over HTTP, and only the
+    two tensors' bytes are fetched when the verdict needs the comparison).
+
+    \b
+    Verdicts (* --check exits 1):
+{_VERDICT_LINES}
+
+    \b
+    Examples:
+      tieconv inspect fixtures/llama-duplicated
+      tieconv inspect ckpt.pt --json
+      tieconv inspect model.safetensors --embed tok_embeddings.weight --head output.weight
+      tieconv inspect Qwen/Qwen2.5-0.5B@main --no-download
+    """)
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
-@click.option("--check", is_flag=True, help="Exit 1 on duplicated, conflict, head-missing, embed-missing or undecided.")
+@click.option("--check", is_flag=True, help=f"Exit 1 on {_PROBLEMS} (the verdicts marked *).")
 @click.option("--embed", metavar="KEY", help="Key of the input embedding as stored, e.g. tok_embeddings.weight.")
 @click.option("--head", metavar="KEY", help="Key of the output head as stored, e.g. output.weight.")
 @click.option(
@@ -99,26 +123,6 @@ def main() -> None:
 @_handle_errors
 def inspect_command(path: str, as_json: bool, check: bool, embed: str | None, head: str | None, no_compare: bool,
                     no_download: bool, quiet: bool) -> None:
-    """Name the tying state of the checkpoint at PATH with one verdict and its evidence.
-
-    PATH is a Hugging Face model folder (safetensors or .bin, single or sharded), a single
-    .safetensors / .bin / .pt / .pth file (Meta, TorchChat, nanoGPT, torchtune), a .gguf file,
-    a sentence-transformers folder, or a Hub repo `org/name[@revision]` or `hf://org/name[@revision]`
-    (a local path that exists, or one starting with ./ ../ / ~, is local; the local Hugging Face
-    cache is read first; otherwise a repo's safetensors headers are read over HTTP, and only the
-    two tensors' bytes are fetched when the verdict needs the comparison).
-
-    \b
-    Verdicts: tied, duplicated, untied, tieable, conflict, head-missing, embed-missing,
-    no-head, undecided.
-
-    \b
-    Examples:
-      tieconv inspect fixtures/llama-duplicated
-      tieconv inspect ckpt.pt --json
-      tieconv inspect model.safetensors --embed tok_embeddings.weight --head output.weight
-      tieconv inspect Qwen/Qwen2.5-0.5B@main --no-download
-    """
     from .inspection.inspector import inspect
     from .progress import colour_enabled, set_quiet
     from .inspection.report import render

@@ -13,8 +13,10 @@ from safetensors.torch import load_file, save_file
 import tieconv
 from tieconv.cli import main
 from tieconv.errors import OutputError, RefusedError
+from tieconv.inspection.verdicts import TABLE, Done, Member
 
 from ..conftest import FIXTURES
+from ..helpers import VERDICT_FIXTURES, stored_tensors, write_embed_missing_untied
 
 transformers.logging.set_verbosity_error()
 IDS = torch.tensor([[1, 5, 9, 3, 7]])
@@ -553,3 +555,70 @@ def test_plans_say_which_runtimes_disagree_and_that_they_agree_after(tmp_path):
     assert plan.to_dict()["runtimes"] == plan.runtimes
     result = cli_run("untie", FIXTURES / "llama-conflict", tmp_path / "out2", "--dry-run")
     assert "runtimes: Runtimes disagree today" in result.output
+
+
+# ---------------------------------------------------------------- each verdict does what its row says
+
+VERDICT_CASES = [(v, FIXTURES / name) for v, name in VERDICT_FIXTURES.items() if v != "undecided"]
+
+
+def _case(tmp_path, verdict, src):
+    return (write_embed_missing_untied(tmp_path / "in"), "embed-missing") if src is None else (src, verdict)
+
+
+@pytest.mark.parametrize("action", ["tie", "untie"])
+@pytest.mark.parametrize("verdict,src", VERDICT_CASES + [("embed-missing", None)],
+                         ids=[v for v, _ in VERDICT_CASES] + ["embed-missing-flag-unties"])
+def test_each_verdict_converts_as_its_table_row_says(tmp_path, action, verdict, src):
+    """The row's step, checked on the output's tensors and flag: refusals, what is kept, dropped and stored."""
+    src, verdict = _case(tmp_path, verdict, src)
+    before = tieconv.inspect(src)
+    assert before.verdict == verdict
+    step = getattr(TABLE[before.verdict], action)
+    convert = getattr(tieconv, action)
+    refusal = step.refusal if step.refuses(before.tie_flag.value) else None
+    if refusal is not None:
+        with pytest.raises(RefusedError):
+            convert(src, tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+        if refusal.lifted_by is None:
+            return
+    keeps = ["embed", "head"] if step.keep is Member.CHOSEN else [None]
+    for keep in keeps:
+        out = tmp_path / f"out-{keep}"
+        options = {"keep": keep} if keep else {}
+        if refusal is not None and refusal.lifted_by == "assume_tied":
+            options["assume_tied"] = True
+        result = convert(src, out, **options)
+        done = step.done is Done.ALWAYS or (step.done is Done.NO_COPIES and not before.reclaimable_keys)
+        if done:
+            assert result.plan.nothing_to_do and not out.exists() and result.files_written == []
+            continue
+        assert result.verdict == step.result == tieconv.inspect(out).verdict
+        assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is step.flag
+        stored_in, stored_out = stored_tensors(src), stored_tensors(out)
+        e, h = before.embed.key, before.head.key
+        if action == "tie":
+            kept = {Member.EMBED: e, Member.HEAD: h, Member.CHOSEN: e if keep == "embed" else h}.get(step.keep, e)
+            assert h not in stored_out and torch.equal(stored_out[e], stored_in[kept])
+            assert not set(before.reclaimable_keys) & set(stored_out)
+        else:
+            assert h in stored_out and e in stored_out
+            for target, source in before.tie_map.items():  # every target stored, with the values a loader read
+                read = target if target in stored_in else source
+                assert torch.equal(stored_out[target], stored_in[read])
+            if e not in stored_in:  # embed-missing: the embedding is a copy of the head
+                assert torch.equal(stored_out[e], stored_in[h])
+        for key, tensor in stored_in.items():  # nothing else changes
+            if key not in (e, h):
+                assert torch.equal(stored_out[key], tensor), key
+
+
+def test_an_undecided_report_is_refused_by_both_conversions():
+    from tieconv.conversion.planning import _changes
+
+    report = tieconv.inspect(FIXTURES / "llama-duplicated", compare=False)
+    assert report.verdict == "undecided"
+    for action in ("tie", "untie"):
+        with pytest.raises(RefusedError, match="not compared"):
+            _changes(action, report, keep=None, assume_tied=True, force=True)

@@ -282,6 +282,19 @@ def test_dry_run_downloads_no_weight_file(hub, tmp_path, xdg):
     assert [f for f in cached_files(home, "org/tiny-dup") if f.endswith(".safetensors")] == []
 
 
+def test_plan_downloads_nothing_and_a_real_tie_downloads_before_executing(hub, tmp_path, monkeypatch):
+    import tieconv
+
+    use_endpoint(monkeypatch, hub, tmp_path)
+    weights = lambda: sorted(p.name for p in (tmp_path / "hf").rglob("*.safetensors"))  # noqa: E731
+    p, report = tieconv.plan("tie", "org/tiny-dup", tmp_path / "out")  # pure: headers and the two ranges only
+    assert report.layout == "hub" and p.dropped == ["lm_head.weight"] and p.source == "org/tiny-dup"
+    assert weights() == [] and not (tmp_path / "out").exists()
+    result = tieconv.tie("org/tiny-dup", tmp_path / "out")
+    assert weights() == ["model.safetensors"] and result.verdict == "tied"
+    assert result.plan.source == "org/tiny-dup" and result.plan.dropped == ["lm_head.weight"]
+
+
 def test_tie_downloads_exactly_the_index_shards_and_the_small_files(hub, tmp_path, xdg):
     home = tmp_path / "hf"
     tieconv(["untie", "org/mistral-style", tmp_path / "out", "--force"], endpoint=hub, home=home, xdg=xdg, check=True)

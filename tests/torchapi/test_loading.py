@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 import tieconv
 from tieconv.errors import RefusedError
+from tieconv.inspection.verdicts import TABLE, Load
 
 from ..conftest import FIXTURES
+from ..helpers import VERDICT_FIXTURES, stored_tensors, write_embed_missing_untied
 
 
 def test_tied_follows_the_checkpoint_without_extra_memory():
@@ -88,3 +92,34 @@ def test_device_moves_each_shared_tensor_once(monkeypatch):
     assert sd["model.shared.weight"].device.type == "meta" and sd["model.shared.weight"].shape == shared.shape
     assert len(moved_from) == len(set(moved_from)) == len(stored) - 3  # once per storage
     assert set(sd) == set(stored)
+
+
+@pytest.mark.parametrize("verdict", [v for v in VERDICT_FIXTURES if v != "undecided"] + ["embed-missing/unties"])
+def test_a_default_load_does_what_the_verdict_table_says(tmp_path, verdict):
+    src = write_embed_missing_untied(tmp_path / "in") if verdict == "embed-missing/unties" else \
+        FIXTURES / VERDICT_FIXTURES[verdict]
+    report = tieconv.inspect(src)
+    assert report.verdict == verdict.split("/")[0]
+    row = TABLE[report.verdict]
+    stored = stored_tensors(src)
+    if row.load is Load.REFUSE:
+        with pytest.raises(RefusedError, match="tie=True"):
+            tieconv.load_state_dict(src)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sd = tieconv.load_state_dict(src)
+    assert bool(caught) == (row.load is Load.WARN)
+    for key, tensor in stored.items():  # every stored tensor holds its stored values
+        assert torch.equal(sd[key], tensor), key
+    if report.embed is None or report.head is None:
+        assert set(sd) == set(stored)
+        return
+    e, h = report.embed.key, report.head.key
+    flag_ties = report.tie_flag.value is not False
+    if row.load is Load.SHARE or (row.load is Load.EMBED_FROM_HEAD and flag_ties):
+        assert sd[e] is sd[h]
+    elif row.load is Load.EMBED_FROM_HEAD:
+        assert e not in sd  # the flag unties: the embedding is lost, not invented
+    else:
+        assert set(sd) == set(stored) and (h not in sd or sd[h] is not sd[e])

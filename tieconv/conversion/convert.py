@@ -19,6 +19,7 @@ from ..formats.checkpoint import SAFETENSORS_INDEX, Checkpoint
 from ..errors import OutputError, RefusedError, VerificationError
 from .planning import Plan, PlannedTensor, plan
 from ..inspection.report import Report, human_bytes
+from ..inspection.verdicts import TABLE, Member, Verdict
 from .writer import (
     OutputFolder,
     WriteEntry,
@@ -38,7 +39,7 @@ class ConversionResult:
     bytes_saved: int  # negative for untie
     files_written: list[str]
     seconds: float
-    verdict: str | None  # the output's verdict
+    verdict: Verdict | None  # the output's verdict
     plan: Plan
     warnings: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)  # output files that are hard links to the input's
@@ -130,7 +131,7 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
         check_path = weights / p.files[0].name if p.output_is_file else tmp
         out_report = _inspect_output(check_path, report, compare=verify != "none")
         _verify(p, report, out_report, verify)
-        verdict = out_report.verdict if out_report.verdict != "undecided" else p.output_verdict
+        verdict = out_report.verdict if out_report.verdict != Verdict.UNDECIDED else p.output_verdict
         written = sorted(str(Path(d, n).relative_to(tmp)) for d, _, names in os.walk(tmp) for n in names)
     files = [str(dst)] if p.output_is_file else [str(dst / n) for n in written]
     warnings = list(p.warnings)
@@ -239,34 +240,42 @@ def _verify(p: Plan, report: Report, out: Report, verify: str) -> None:
     def fail(why: str) -> NoReturn:
         raise VerificationError(f"{p.destination}: verification failed: {why}; nothing was written")
 
-    if out.verdict != p.output_verdict and not (verify == "none" and out.verdict == "undecided"):
+    if out.verdict != p.output_verdict and not (verify == "none" and out.verdict == Verdict.UNDECIDED):
         fail(f"the output inspects as {out.verdict}, expected {p.output_verdict}")
     planned = {t.key for f in p.files for t in f.tensors}
     if planned != set(out.checkpoint.tensors):
         fail("the output holds different keys than planned")
     sample = {"full": None, "sample": SAMPLE_BYTES, "none": 0}[verify]
-    if p.output_is_file and report.checkpoint.config_file == "params.json":
-        # Meta's params.json lies beside a file IN, and a file OUT carries no neighbours: compare without it
-        import copy
-        import dataclasses
-
-        ckpt = copy.copy(report.checkpoint)
-        ckpt.config_file = None
-        report = dataclasses.replace(report, checkpoint=ckpt)
+    if p.output_is_file:
+        report = _the_file_alone(report)
     found = compare_reports(report, out, expected_values=_expected_values(p, report),
                             expected_config=dict(p.config_changes), sample_bytes=sample)
     if not found.equivalent:
         fail(f"a loader would build a different model from it than from the input: {found.headline()}")
 
 
+def _the_file_alone(report: Report) -> Report:
+    """IN as a loader reads its file alone: a file OUT carries none of the files beside IN (Meta's
+    params.json), so it is compared with the file, not with the file and its neighbours."""
+    if report.checkpoint.config_file is None:
+        return report
+    import copy
+    import dataclasses
+
+    ckpt = copy.copy(report.checkpoint)
+    ckpt.config_file = None
+    return dataclasses.replace(report, checkpoint=ckpt)
+
+
 def _expected_values(p: Plan, report: Report) -> dict[str, str]:
     """Parameter -> the input parameter whose values the output is meant to hold instead of its own."""
     expected = {key: source for key, source in p.replaced.items() if key in report.checkpoint.tensors}
     head, embed = (report.head.key if report.head else None), report.embed.key  # type: ignore[union-attr]
-    if p.action == "tie" and head and report.verdict in ("untied", "conflict") and embed not in expected:
-        expected[head] = embed  # --keep embed: the head takes the embedding's values
-    if p.action == "tie" and head and report.verdict == "head-missing":
-        expected[head] = embed  # --assume-tied: the head, random before, is the embedding now
+    keeps = TABLE[report.verdict].tie.keep
+    if p.action == "tie" and head and embed not in expected and keeps in (Member.EMBED, Member.CHOSEN):
+        # the verdict's row keeps the embedding's matrix (or --keep chose it): the head, different or
+        # random before, takes the embedding's values
+        expected[head] = embed
     return expected
 
 
@@ -293,10 +302,8 @@ def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
     original = ckpt.torch_object()
     if isinstance(original, dict):
         obj = _rebuild_wrapper(original, state_dict, set(p.left_out))
-    with open(folder / f.name, "xb") as out:
+    with open(folder / f.name, "xb") as out:  # made durable by OutputFolder (fsync_tree) with the rest
         torch.save(obj, out)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _rebuild_wrapper(original: dict[Any, Any], state_dict: dict[str, Any], left_out: set[str]) -> dict[Any, Any]:
@@ -349,8 +356,8 @@ def tie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep: str |
         >>> import tieconv, tempfile, os
         >>> out = os.path.join(tempfile.mkdtemp(), "tied")
         >>> result = tieconv.tie("fixtures/llama-duplicated", out)
-        >>> result.verdict, result.bytes_saved
-        ('tied', 2048)
+        >>> print(result.verdict, result.bytes_saved)
+        tied 2048
     """
     return _run("tie", src, dst, dry_run=dry_run, verify=verify, keep=keep, assume_tied=assume_tied, force=force,
                 embed=embed, head=head, overwrite=overwrite, link=link, drop_optimizer=drop_optimizer,
@@ -369,8 +376,8 @@ def untie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bo
         >>> import tieconv, tempfile, os
         >>> out = os.path.join(tempfile.mkdtemp(), "untied")
         >>> result = tieconv.untie("fixtures/llama-tied", out)
-        >>> result.verdict, result.bytes_saved
-        ('tieable', -2048)
+        >>> print(result.verdict, result.bytes_saved)
+        tieable -2048
     """
     return _run("untie", src, dst, dry_run=dry_run, verify=verify, force=force, embed=embed, head=head,
                 overwrite=overwrite, link=link, drop_optimizer=drop_optimizer, drop_other_weights=drop_other_weights)
@@ -379,19 +386,30 @@ def untie(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bo
 def _run(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dry_run: bool, verify: str,
          **options: Any) -> ConversionResult:
     start = time.monotonic()
-    p, report = plan(action, src, dst, download=False, **options)  # a Hub repo: from its headers
+    p, report = plan(action, src, dst, **options)  # a Hub repo: from its headers, nothing downloaded
     planned_from_hub = report.downloaded_bytes
     preflight(p, report.checkpoint.path)  # OUT is checked the same way whether or not anything is written
-    if not (p.nothing_to_do or dry_run) and report.layout == "hub":
-        p, report = plan(action, src, dst, **options)  # now download what the plan needs, and plan from the files
     if p.nothing_to_do or dry_run:
         return ConversionResult(0 if p.nothing_to_do else p.bytes_saved, [], time.monotonic() - start,
                                 report.verdict if p.nothing_to_do else p.output_verdict, p, list(p.warnings),
                                 downloaded_bytes=planned_from_hub)
+    if report.layout == "hub":
+        p, report = _download_and_plan(action, src, dst, options)
     result = execute(p, report, verify=verify)
     result.downloaded_bytes = planned_from_hub
     result.seconds = time.monotonic() - start
     return result
+
+
+def _download_and_plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                       options: dict[str, Any]) -> tuple[Plan, Report]:
+    """A Hub input about to be converted: download the files the conversion needs into the Hugging Face
+    cache, and plan again from them (the bytes are copied from local files, not streamed over HTTP)."""
+    from ..formats import hub
+
+    p, report = plan(action, hub.local_path(src), dst, **options)
+    p.source = str(src)  # the repo the user named, not the cache folder
+    return p, report
 
 
 def summary(result: ConversionResult) -> str:

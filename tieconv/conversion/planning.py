@@ -7,6 +7,7 @@ each one's bytes come from. `--dry-run` and `--json` print it; `convert.execute`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -16,12 +17,9 @@ from typing import Any, cast
 from ..formats.checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, StoredTensor, open_checkpoint, safe_member
 from ..errors import OutputError, RefusedError
 from ..inspection.inspector import coerce_flags, inspect, inspect_checkpoint
-from ..inspection.report import Report
+from ..inspection.report import Report, TensorInfo
+from ..inspection.verdicts import TABLE, Done, Drop, Member, Step, Store, Verdict
 from .writer import shard_name
-
-# what _tie_ops and _untie_ops decide: (dropped, added, replaced, flag, nothing_to_do, reason)
-_Ops = tuple[list[str], dict[str, str], dict[str, str], bool, bool, str]
-
 
 @dataclass(frozen=True)
 class PlannedTensor:
@@ -45,8 +43,8 @@ class Plan:
     action: str  # "tie" | "untie"
     source: str
     destination: str
-    input_verdict: str
-    output_verdict: str | None  # None when there is nothing to do
+    input_verdict: Verdict
+    output_verdict: Verdict | None  # None when there is nothing to do
     nothing_to_do: bool
     reason: str
     dropped: list[str] = field(default_factory=list)
@@ -82,17 +80,95 @@ class Plan:
         return out
 
 
-def _difference_text(report: Report) -> str:
-    from ..inspection.compare import difference
+# ---------------------------------------------------------------- what the verdict's row makes a conversion do
 
-    ckpt = report.checkpoint
-    if report.embed.shape != report.head.shape:  # type: ignore[union-attr]
-        return f"shapes differ ({report.embed.shape} vs {report.head.shape})"  # type: ignore[union-attr]
-    d = difference(ckpt, report.embed.key, report.head.key)  # type: ignore[union-attr]
-    return (
-        f"max abs difference {d['max_abs_diff']:.4g}, relative difference {d['relative_diff']:.4g}, "
-        f"cosine similarity {d['cosine_similarity']:.4f}"
-    )
+
+@dataclass(frozen=True)
+class Changes:
+    """What a conversion changes in the tensors and the flag: the verdict's `Step` applied to this checkpoint."""
+
+    dropped: list[str]
+    added: dict[str, str]  # new key -> the key its values come from
+    replaced: dict[str, str]  # key -> the key whose values it now holds
+    flag: bool
+    nothing_to_do: bool
+    reason: str
+    result: Verdict | None  # OUT's verdict, as the table's row says
+
+
+def _changes(action: str, report: Report, keep: str | None, assume_tied: bool, force: bool) -> Changes:
+    """Look the verdict up in the table, refuse what its row refuses, and apply its step to what is stored."""
+    verdict = Verdict.NO_HEAD if report.embed is None else report.verdict
+    step = TABLE[verdict].tie if action == "tie" else TABLE[verdict].untie
+    _refuse_by_verdict(step, report, lifted=False)
+    if action == "tie":
+        _refuse_untieable_class(report)
+    done = _already_done(step, report)
+    if not done:
+        _refuse_flag_flip(report, step.flag)
+    if action == "tie":
+        _refuse_gguf_without_head(report)
+        _refuse_different_matrices(step, report, keep)
+    _refuse_by_verdict(step, report, lifted=True, options={"keep": keep, "assume_tied": assume_tied})
+    if done:
+        past = f"already {action}d"
+        reason = f"{past}; writing a normalised copy (--force)" if force else f"{past}: nothing to do"
+        return Changes(_dropped(step, report, None) if force else [], {}, {}, step.flag, not force, reason,
+                       step.result)
+    kept = Member(keep) if step.keep is Member.CHOSEN else step.keep
+    dropped, added, replaced = _dropped(step, report, kept), _added(step, report), _replaced(report, kept)
+    reason = _reason(action, step, report, kept, dropped, added)
+    return Changes(dropped, added, replaced, step.flag, False, reason, step.result)
+
+
+def _refuse_by_verdict(step: Step, report: Report, *, lifted: bool, options: dict[str, object] | None = None) -> None:
+    """The row's refusal: those no option lifts first (`lifted=False`), those an option lifts after the checks."""
+    refusal = step.refusal
+    if refusal is None or not step.refuses(report.tie_flag.value) or (refusal.lifted_by is not None) != lifted:
+        return
+    if refusal.lifted_by is not None and (options or {}).get(refusal.lifted_by):
+        return
+    raise RefusedError(refusal.why.format(path=report.path, embed=report.embed.key if report.embed else None,
+                                          head=report.head.key if report.head else None,
+                                          difference=_difference_text(report) if refusal.lifted_by == "keep" else ""))
+
+
+def _already_done(step: Step, report: Report) -> bool:
+    if step.done is Done.NO_COPIES:  # tied: done unless a stored equal copy is left to drop
+        return not report.reclaimable_keys and report.tie_flag.value is not False
+    return step.done is Done.ALWAYS
+
+
+def _refuse_untieable_class(report: Report) -> None:
+    if report.tie_group is None and report.config is not None and report.architecture:
+        raise RefusedError(
+            f"{report.path}: transformers never ties {report.architecture}'s head (it has no tie map for it), so a "
+            "dropped head would load as random values; keep both matrices"
+        )
+
+
+def _refuse_gguf_without_head(report: Report) -> None:
+    if report.layout == "gguf" and report.head and report.head.stored:
+        from ..formats.gguf_file import architecture, llama_cpp_head_rule
+
+        rule = llama_cpp_head_rule(architecture(report.checkpoint.root / report.checkpoint.files[0]))
+        if rule:
+            raise RefusedError(f"{report.path}: refused: {rule}, so a tied GGUF would not load; keep it as it is")
+
+
+def _refuse_different_matrices(step: Step, report: Report, keep: str | None) -> None:
+    """Matrices that can never be one (shapes), or that one `--keep` must choose between (dtypes)."""
+    if step.keep is not Member.CHOSEN:
+        return
+    embed, head = cast(TensorInfo, report.embed), cast(TensorInfo, report.head)
+    if embed.shape != head.shape:
+        raise RefusedError(f"{report.path}: {embed.key} and {head.key} have different shapes ({embed.shape} vs "
+                           f"{head.shape}) and can never be tied")
+    if keep not in ("embed", "head") and report.equal_after_cast:
+        raise RefusedError(
+            f"{report.path}: {embed.key} ({embed.dtype}) and {head.key} ({head.dtype}) hold the same values in "
+            "different dtypes; tying stores one dtype: pass --keep embed or --keep head to choose which"
+        )
 
 
 def _refuse_flag_flip(report: Report, to: bool) -> None:
@@ -105,63 +181,61 @@ def _refuse_flag_flip(report: Report, to: bool) -> None:
         )
 
 
-def _tie_ops(report: Report, keep: str | None, assume_tied: bool, force: bool) -> _Ops:
-    """(dropped, added, replaced, flag, nothing_to_do, reason) for `tie`."""
-    path = report.path
-    if report.verdict == "no-head" or report.embed is None:
-        raise RefusedError(f"{path}: the model has no output head; there is nothing to tie")
-    v, e, h = report.verdict, report.embed.key, report.head.key if report.head else None
-    if report.tie_group is None and report.config is not None and report.architecture:
-        raise RefusedError(
-            f"{path}: transformers never ties {report.architecture}'s head (it has no tie map for it), so a "
-            "dropped head would load as random values; keep both matrices"
-        )
-    if v not in ("tied",) or report.reclaimable_keys:
-        _refuse_flag_flip(report, True)
-    if report.layout == "gguf" and report.head and report.head.stored:
-        from ..formats.gguf_file import architecture, llama_cpp_head_rule
+def _difference_text(report: Report) -> str:
+    from ..inspection.compare import difference
 
-        rule = llama_cpp_head_rule(architecture(report.checkpoint.root / report.checkpoint.files[0]))
-        if rule:
-            raise RefusedError(f"{path}: refused: {rule}, so a tied GGUF would not load; keep it as it is")
-    if v in ("untied", "conflict"):
-        if report.embed.shape != report.head.shape:  # type: ignore[union-attr]
-            raise RefusedError(f"{path}: {e} and {h} have different shapes ({report.embed.shape} vs "
-                               f"{report.head.shape}) and can never be tied")  # type: ignore[union-attr]
-        if keep not in ("embed", "head") and report.equal_after_cast:
-            raise RefusedError(
-                f"{path}: {e} ({report.embed.dtype}) and {h} ({report.head.dtype}) hold the same values in "  # type: ignore[union-attr]
-                "different dtypes; tying stores one dtype: pass --keep embed or --keep head to choose which"
-            )
-        if keep not in ("embed", "head"):
-            raise RefusedError(
-                f"{path}: {e} and {h} differ ({_difference_text(report)}); tying changes the model's outputs: "
-                "pass --keep embed or --keep head to choose the surviving matrix"
-            )
-        dropped = sorted(set(report.reclaimable_keys) | {cast(str, h)})  # the head is stored
-        replaced = {e: cast(str, h)} if keep == "head" else {}
-        return dropped, {}, replaced, True, False, f"tie {v} keeping the {keep}'s matrix"
-    if v == "head-missing":
-        if not assume_tied:
-            raise RefusedError(
-                f"{path}: the config unties but no head is stored; setting the flag makes the model use its "
-                "embedding as its head, right only if it was trained tied and its config was saved wrong: "
-                "pass --assume-tied if that is so"
-            )
-        return [], {}, {}, True, False, "repair the config: the model was trained tied (--assume-tied)"
-    if v == "embed-missing":
-        return [h], {}, {e: h}, True, False, "store the head's matrix as the embedding and tie"  # type: ignore[list-item, dict-item]
-    flag_ties = report.tie_flag.value is True
-    if v == "tied" and not report.reclaimable_keys and (flag_ties or report.tie_flag.value is None):
-        if force:
-            return sorted(_shared_targets(report)), {}, {}, True, False, "already tied; writing a normalised copy (--force)"
-        return [], {}, {}, True, True, "already tied: nothing to do"
-    # duplicated, tieable, or tied with other reclaimable tie-map copies; a target that is one storage with
-    # its source (a .bin or torch file) is one tensor: a written output stores it once
-    dropped = list(report.reclaimable_keys) + _shared_targets(report)
-    count = len(set(dropped))
-    return sorted(set(dropped)), {}, {}, True, False, \
-        f"drop {count} duplicate{'s' if count != 1 else ''} and tie" if count else "set the flag to tie"
+    embed, head = cast(TensorInfo, report.embed), cast(TensorInfo, report.head)
+    if embed.shape != head.shape:
+        return f"shapes differ ({embed.shape} vs {head.shape})"
+    d = difference(report.checkpoint, embed.key, head.key)
+    return (
+        f"max abs difference {d['max_abs_diff']:.4g}, relative difference {d['relative_diff']:.4g}, "
+        f"cosine similarity {d['cosine_similarity']:.4f}"
+    )
+
+
+def _dropped(step: Step, report: Report, kept: Member | None) -> list[str]:
+    dropped: set[str] = set()
+    if Drop.HEAD in step.drop and report.head is not None:
+        dropped.add(report.head.key)
+    if Drop.EQUAL_COPIES in step.drop:
+        dropped.update(report.reclaimable_keys)
+    if Drop.SHARED_TARGETS in step.drop:
+        dropped.update(_shared_targets(report))
+    return sorted(dropped)
+
+
+def _added(step: Step, report: Report) -> dict[str, str]:
+    ckpt: Checkpoint = report.checkpoint
+    embed, head = cast(TensorInfo, report.embed).key, report.head.key if report.head else None
+    if step.store is Store.EMBED_FROM_HEAD:
+        return {embed: cast(str, head)}
+    if step.store is Store.TARGETS:
+        added = _unstored_targets(report, ckpt)
+        if head and head not in ckpt.tensors and embed in ckpt.tensors:
+            added[head] = embed
+        return added
+    return {}
+
+
+def _replaced(report: Report, kept: Member | None) -> dict[str, str]:
+    """The head's matrix kept: the embedding's key takes its values (the head's own key is dropped)."""
+    if kept is Member.HEAD:
+        return {cast(TensorInfo, report.embed).key: cast(TensorInfo, report.head).key}
+    return {}
+
+
+def _reason(action: str, step: Step, report: Report, kept: Member | None, dropped: list[str],
+            added: dict[str, str]) -> str:
+    if step.reason:
+        stored = f", store {len(added)} other tie-map target(s) as their own tensors" if added else ""
+        return step.reason.format(verdict=report.verdict, keep=kept.value if kept else "", stored=stored)
+    if action == "tie":
+        count = len(dropped)
+        return f"drop {count} duplicate{'s' if count != 1 else ''} and tie" if count else "set the flag to tie"
+    count = len(added) + len(_shared_targets(report))  # a target sharing its source's storage: written as its own
+    what = "the tie-map target as its own tensor" if count == 1 else f"{count} tie-map targets as their own tensors"
+    return f"store {what} and untie" if count else "set the flag to untie"
 
 
 def _shared_targets(report: Report) -> list[str]:
@@ -169,42 +243,6 @@ def _shared_targets(report: Report) -> list[str]:
     tensors = report.checkpoint.tensors
     return [t for t, s in report.tie_map.items()
             if t in tensors and s in tensors and tensors[t].storage == tensors[s].storage]
-
-
-def _untie_ops(report: Report, force: bool) -> _Ops:
-    ckpt: Checkpoint = report.checkpoint
-    path = report.path
-    if report.verdict == "no-head" or report.embed is None:
-        raise RefusedError(f"{path}: the model has no output head; there is nothing to untie")
-    v, e, h = report.verdict, report.embed.key, report.head.key if report.head else None
-    if v == "head-missing":
-        raise RefusedError(
-            f"{path}: there is no head to keep (the config unties and none is stored); "
-            "`tieconv tie --assume-tied` is the other way out"
-        )
-    if v in ("untied", "tieable"):
-        if force:
-            return [], {}, {}, False, False, "already untied; writing a normalised copy (--force)"
-        return [], {}, {}, False, True, "already untied: nothing to do"
-    if v in ("tied", "duplicated", "conflict"):
-        _refuse_flag_flip(report, False)
-    if v == "conflict":
-        # the head is stored; every other target the flag ties (BART's encoder and decoder embeddings) is not
-        added = _unstored_targets(report, ckpt)
-        return [], added, {}, False, False, "keep both matrices as stored" + (
-            f", store {len(added)} other tie-map target(s) as their own tensors" if added else "") + " and untie"
-    if v == "embed-missing":
-        if report.tie_flag.value is False:
-            raise RefusedError(f"{path}: the config unties and the embedding {e} is not stored: it is lost")
-        return [], {e: h}, {}, False, False, "store the embedding as a copy of the head and untie"  # type: ignore[dict-item]
-    # tied or duplicated: materialise every target of the tie map the flag controls
-    added = _unstored_targets(report, ckpt)
-    if h and h not in ckpt.tensors and e in ckpt.tensors:
-        added[h] = e
-    separated = _shared_targets(report)  # one storage in a pickle: written as two tensors
-    count = len(added) + len(separated)
-    what = "the tie-map target as its own tensor" if count == 1 else f"{count} tie-map targets as their own tensors"
-    return [], added, {}, False, False, f"store {what} and untie" if count else "set the flag to untie"
 
 
 def _unstored_targets(report: Report, ckpt: Checkpoint) -> dict[str, str]:
@@ -423,14 +461,14 @@ def training_entries(ckpt: Checkpoint) -> list[str]:
 
 def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep: str | None = None,
          assume_tied: bool = False, force: bool = False, embed: str | None = None, head: str | None = None,
-         overwrite: bool = False, link: bool = False, drop_optimizer: bool = False, drop_other_weights: bool = False,
-         download: bool = True) -> tuple[Plan, Report]:
-    """Compute what `tie` or `untie` would do, without writing anything.
+         overwrite: bool = False, link: bool = False, drop_optimizer: bool = False,
+         drop_other_weights: bool = False) -> tuple[Plan, Report]:
+    """Compute what `tie` or `untie` would do, without writing or downloading anything.
 
     OUT's name decides the output's kind (see `output_kind`); whether OUT may be written there is
-    checked by `convert.preflight`, before any real or dry run. A Hub repo is downloaded into the
-    cache first; with `download=False` it is planned from its headers (and, where the verdict needs
-    it, the two tensors' byte ranges) without any download.
+    checked by `convert.preflight`, before any real or dry run. A Hub repo is planned from its
+    headers (and, where the verdict needs it, the two tensors' byte ranges); `tie` and `untie`
+    download what a real run needs and plan again from the files.
 
     Example:
         >>> import tieconv
@@ -442,58 +480,32 @@ def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
         raise RefusedError(f"--keep must be 'embed' or 'head', not {keep!r}")
     if action not in ("tie", "untie"):
         raise ValueError(action)
-    from ..formats import hub
-
-    named = str(src)
-    if download:
-        src = hub.local_path(src)  # a repo id: into the cache, exactly the files a conversion needs
-    coerced: list[str] = []
-    if hub.repo_ref(src) is not None:  # planned from the repo's headers (download=False)
-        report = inspect(src, embed=embed, head=head, compare=True)
-        ckpt: Checkpoint = report.checkpoint
-    else:
-        ckpt = open_checkpoint(src)
-        if hub.shadows_repo_id(src):
-            ckpt.notes.append(f"{src}: the local path was used, not the Hub repo of the same name")
-        coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean
-        force = force or bool(coerced)
-        report = inspect_checkpoint(ckpt, embed=embed, head=head, compare=True)
+    report, coerced = _inspect_input(src, embed, head)
+    ckpt: Checkpoint = report.checkpoint
     is_file, fmt = output_kind(ckpt, str(dst))
-    left_out = _check_carriable(ckpt, fmt, drop_optimizer)
-    if action == "tie":
-        dropped, added, replaced, flag, nothing, reason = _tie_ops(report, keep, assume_tied, force)
-    else:
-        dropped, added, replaced, flag, nothing, reason = _untie_ops(report, force)
-    if fmt == "torch":  # torch files keep tied tensors as one storage under both keys (nanoGPT loads both)
-        dropped = [k for k in dropped if k not in _shared_targets(report)]
-        nothing = nothing or (action == "tie" and not dropped and not force and report.verdict == "tied")
-    p = Plan(action, named, str(dst), report.verdict, None, nothing, reason)
+    entries = training_entries(ckpt)
+    left_out = _check_carriable(ckpt, entries, fmt, drop_optimizer)
+    changes = _changes(action, report, keep, assume_tied, force or bool(coerced))
+    if fmt == "torch":
+        changes = _kept_as_one_storage(changes, action, report, force or bool(coerced))
+    p = Plan(action, str(src), str(dst), report.verdict, None, changes.nothing_to_do, changes.reason)
     p.output_format, p.output_is_file, p.link, p.overwrite = fmt, is_file, link, overwrite
     p.bytes_before = p.bytes_after = report.bytes.total
     p.parameters_before = p.parameters_after = report.parameters.stored
-    if nothing:
+    if changes.nothing_to_do:
         return p, report
-
-    aliases = {}
-    if action == "tie" and report.head and report.embed and ckpt.config is None and fmt == "safetensors":
-        aliases = {k: report.embed.key for k in dropped}  # record `dropped -> kept`, as save_model does
-    p.dropped, p.added, p.replaced = sorted(dropped), dict(added), dict(replaced)
+    p.dropped, p.added, p.replaced = sorted(changes.dropped), dict(changes.added), dict(changes.replaced)
     if action == "untie":
         p.separated = _shared_targets(report)
-    p.config_changes = _config_changes(report, ckpt, flag)
+    p.config_changes = _config_changes(report, ckpt, changes.flag)
     p.warnings.extend(coerced)
-    p.weights_folder = weights_folder(ckpt)
-    p.files = _output_files(ckpt, set(dropped), added, replaced, aliases, fmt,
-                            Path(str(dst)).name if is_file else None)
-    p.copied_files, carried_left_out, carried_warnings = carried_files(ckpt, fmt, drop_other_weights)
-    p.left_out = {**left_out, **carried_left_out}
-    p.output_layout = _output_layout(ckpt, len(p.files), fmt)
-    output_total = _output_bytes(ckpt, p)
-    p.bytes_after = output_total
-    p.bytes_saved = report.bytes.total - output_total
+    carried_warnings = _lay_out(p, report, left_out, drop_other_weights)
+    p.bytes_after = _output_bytes(ckpt, p)
+    p.bytes_saved = report.bytes.total - p.bytes_after
     p.parameters_after = sum(_numel(t.shape) for f in p.files for t in f.tensors)
-    p.output_verdict = _output_verdict(action, report, reason, p)
-    p.warnings += carried_warnings + _warnings(action, report, p, ckpt, drop_optimizer)
+    p.output_verdict, forced_warning = _output_verdict(report, changes)
+    p.warnings += ([forced_warning] if forced_warning else []) + carried_warnings
+    p.warnings += _warnings(report, p, entries, drop_optimizer)
     p.loader_bytes_saved = _loader_bytes(report) - _loader_bytes_after(report, p)
     p.runtimes, still = _runtime_agreement(report, p.output_verdict)
     if still:  # the runtime tables, not a list of names here, say which runtimes ignore what OUT stores
@@ -502,7 +514,45 @@ def plan(action: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     return p, report
 
 
-def _runtime_agreement(report: Report, output_verdict: str | None) -> tuple[str, list[str]]:
+def _inspect_input(src: str | os.PathLike[str], embed: str | None, head: str | None) -> tuple[Report, list[str]]:
+    """The input's report, compared; a Hub repo from its headers. Also the flags read leniently (see below)."""
+    from ..formats import hub
+
+    if hub.repo_ref(src) is not None:
+        return inspect(src, embed=embed, head=head, compare=True), []
+    ckpt = open_checkpoint(src)
+    if hub.shadows_repo_id(src):
+        ckpt.notes.append(f"{src}: the local path was used, not the Hub repo of the same name")
+    coerced = coerce_flags(ckpt)  # a flag written as "false" or 1: read, and written back as a boolean (--force)
+    return inspect_checkpoint(ckpt, embed=embed, head=head, compare=True), coerced
+
+
+def _kept_as_one_storage(changes: Changes, action: str, report: Report, force: bool) -> Changes:
+    """Torch files keep tied tensors as one storage under both keys (nanoGPT loads both): none is dropped."""
+    shared = set(_shared_targets(report))
+    dropped = [k for k in changes.dropped if k not in shared]
+    nothing = changes.nothing_to_do or (action == "tie" and not dropped and not force and report.verdict == "tied")
+    return dataclasses.replace(changes, dropped=dropped, nothing_to_do=nothing)
+
+
+def _lay_out(p: Plan, report: Report, left_out: dict[str, str], drop_other_weights: bool) -> list[str]:
+    """Which output files hold which keys, which other files are carried, and the output's layout.
+
+    Returns the warnings about carried files."""
+    ckpt: Checkpoint = report.checkpoint
+    aliases = {}
+    if p.action == "tie" and report.head and report.embed and ckpt.config is None and p.output_format == "safetensors":
+        aliases = {k: report.embed.key for k in p.dropped}  # record `dropped -> kept`, as save_model does
+    p.weights_folder = weights_folder(ckpt)
+    p.files = _output_files(ckpt, set(p.dropped), p.added, p.replaced, aliases, p.output_format,
+                            Path(p.destination).name if p.output_is_file else None)
+    p.copied_files, carried_left_out, carried_warnings = carried_files(ckpt, p.output_format, drop_other_weights)
+    p.left_out = {**left_out, **carried_left_out}
+    p.output_layout = _output_layout(ckpt, len(p.files), p.output_format)
+    return carried_warnings
+
+
+def _runtime_agreement(report: Report, output_verdict: Verdict | None) -> tuple[str, list[str]]:
     """The runtime table's sentence for this conversion, and the runtimes that still disagree after it."""
     from ..knowledge.runtimes import agreement_advice, still_disagreeing
 
@@ -513,9 +563,8 @@ def _runtime_agreement(report: Report, output_verdict: str | None) -> tuple[str,
         return "", []
 
 
-def _check_carriable(ckpt: Checkpoint, fmt: str, drop_optimizer: bool) -> dict[str, str]:
-    """A torch file's other entries go where they can be kept; returns what is left out on request."""
-    entries = training_entries(ckpt)
+def _check_carriable(ckpt: Checkpoint, entries: list[str], fmt: str, drop_optimizer: bool) -> dict[str, str]:
+    """A torch file's other entries (`training_entries`) go where they can be kept; returns what is left out."""
     if not entries:
         return {}
     optimizer = [e for e in entries if e in OPTIMIZER_ENTRIES]
@@ -540,24 +589,18 @@ def _output_bytes(ckpt: Checkpoint, p: Plan) -> int:
     return total
 
 
-def _output_verdict(action: str, report: Report, reason: str, p: Plan) -> str:
-    if reason.endswith("(--force)"):
-        return "tied" if action == "tie" else report.verdict  # a normalised copy of a consistent checkpoint
-    if action == "tie":
-        return "tied"
-    if report.verdict == "conflict":
-        return "untied"
-    if report.tie_flag.forced:
-        p.warnings.append("transformers 5 forces this config class to tie, and re-ties equal copies at load")
-        return "duplicated"
-    return "tieable"
+def _output_verdict(report: Report, changes: Changes) -> tuple[Verdict | None, str | None]:
+    """OUT's verdict as the table's row says (a normalised copy keeps the input's), and a warning if any."""
+    if changes.result is Verdict.TIEABLE and report.tie_flag.forced:
+        return Verdict.DUPLICATED, "transformers 5 forces this config class to tie, and re-ties equal copies at load"
+    return changes.result, None
 
 
-def _warnings(action: str, report: Report, p: Plan, ckpt: Checkpoint, drop_optimizer: bool) -> list[str]:
+def _warnings(report: Report, p: Plan, entries: list[str], drop_optimizer: bool) -> list[str]:
     out = []
-    if ckpt.layout.startswith("hf-bin"):
+    if report.layout.startswith("hf-bin"):
         out.append("the .bin input is written as safetensors")
-    optimizer = [e for e in training_entries(ckpt) if e in OPTIMIZER_ENTRIES]
+    optimizer = [e for e in entries if e in OPTIMIZER_ENTRIES]
     changed = p.dropped + list(p.added) + list(p.replaced) + p.separated
     if optimizer and not drop_optimizer and changed:
         out.append(f"kept {', '.join(optimizer)}, which no longer matches the changed parameters "

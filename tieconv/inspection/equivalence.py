@@ -224,6 +224,7 @@ def _inspect_for_diff(path: str | os.PathLike[str]) -> Report:
     from ..errors import TieconvError
     from .inspector import inspect
     from .report import ByteCounts, Parameters, TensorInfo, TieFlag
+    from .verdicts import Verdict
 
     try:
         return inspect(path, compare=False)
@@ -233,7 +234,7 @@ def _inspect_for_diff(path: str | os.PathLike[str]) -> Report:
         except TieconvError:
             raise refused from None
         note = f"{path}: no tie rules applied, every stored tensor compared as itself ({refused})"
-        return Report(path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict="no-head",
+        return Report(path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict=Verdict.NO_HEAD,
                       embed=TensorInfo("", False, None, None, None, 0), head=None,
                       tie_flag=TieFlag(None, "none", False), identical=None, equal_after_cast=None,
                       parameters=Parameters(0, 0), bytes=ByteCounts(0, 0), reclaimable_keys=[], tie_map={},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -9,12 +10,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..knowledge import architecture as arch
-from ..formats.checkpoint import Checkpoint, open_checkpoint, read_member_json
+from ..formats.checkpoint import Checkpoint, StoredTensor, open_checkpoint, read_member_json
 from .compare import bytes_identical, equal_after_cast
 from ..errors import InputError, TieconvError, UnsupportedCheckpointError
 from ..knowledge.names import find_pair
 from .report import ByteCounts, Parameters, Report, TensorInfo, TieFlag, TieGroup, human_bytes
 from ..formats.safetensors_header import FLOAT_DTYPES
+from .verdicts import TABLE, Verdict
 
 # companions that quantization libraries store beside a quantized weight
 QUANT_SUFFIXES = (".SCB", ".absmax", ".quant_map", ".quant_state", ".qweight", ".scales", ".weight_scale", ".qzeros")
@@ -46,8 +48,8 @@ def inspect(path: str | os.PathLike[str], *, embed: str | None = None, head: str
     Example:
         >>> import tieconv
         >>> report = tieconv.inspect("fixtures/gpt2-tied")
-        >>> report.verdict, report.head.stored
-        ('tied', False)
+        >>> print(report.verdict, report.head.stored)
+        tied False
     """
     from ..formats import hub
 
@@ -318,80 +320,26 @@ def _check_plain_float(ckpt: Checkpoint, keys: list[str]) -> None:
 
 
 def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> Report:
-    embed_key, head_key, flag = names.embed, names.head, names.flag
-    if embed_key is None:
+    """The verdict and its evidence: what is stored, how the two matrices compare, what `tie` would reclaim."""
+    if names.embed is None:
         return _no_token_embedding(ckpt, names, notes)
-    embed_stored = embed_key in ckpt.tensors
-    head_stored = head_key is not None and head_key in ckpt.tensors
-    if not embed_stored and not head_stored and names.has_head:
-        if head_key in ckpt.aliases or embed_key in ckpt.aliases:
-            pass
-        else:
-            raise InputError(
-                f"{ckpt.path}: neither the embedding {embed_key!r} nor the head {head_key!r} is stored; "
-                "name them with --embed KEY --head KEY"
-            )
-    if not embed_stored and not names.has_head:
-        raise InputError(f"{ckpt.path}: the embedding {embed_key!r} is not stored; name it with --embed KEY")
-    _check_plain_float(ckpt, [k for k in (embed_key, head_key) if k])
-
-    identical: bool | None = None
-    cast_equal: bool | None = None
-    same_storage = embed_stored and head_stored and ckpt.tensors[embed_key].storage == ckpt.tensors[head_key].storage  # type: ignore[index]
-    shapes_differ = (
-        embed_stored and head_stored and ckpt.tensors[embed_key].shape != ckpt.tensors[head_key].shape  # type: ignore[index]
-    )
-    dtypes_differ = embed_stored and head_stored and ckpt.tensors[embed_key].dtype != ckpt.tensors[head_key].dtype  # type: ignore[index]
-    head_aliased = not head_stored and ckpt.aliases.get(head_key or "") == embed_key
-    embed_aliased = not embed_stored and head_key is not None and ckpt.aliases.get(embed_key) == head_key
-    if head_aliased or embed_aliased:
-        dropped, kept = (head_key, embed_key) if head_aliased else (embed_key, head_key)
-        notes.append(f"{dropped} is recorded in the file's metadata as sharing {kept}")
-
-    if same_storage:
-        identical = True
-    elif embed_stored and head_stored and not shapes_differ and compare:
-        identical = bytes_identical(ckpt, embed_key, head_key)  # type: ignore[arg-type]
-        if dtypes_differ and ckpt.layout != "gguf":
-            cast_equal = equal_after_cast(ckpt, embed_key, head_key)  # type: ignore[arg-type]
-    elif shapes_differ:
-        identical = False
-
-    # every stored, bit-identical copy of a tie-map target is what `tie` would reclaim
-    reclaim_keys: list[str] = []
-    for target, source in names.tie_map.items():
-        if target in ckpt.tensors and source in ckpt.tensors:
-            ts, ss = ckpt.tensors[target], ckpt.tensors[source]
-            if ts.storage == ss.storage:
-                continue
-            if target == head_key:
-                equal = identical
-            elif compare:
-                equal = bytes_identical(ckpt, source, target)
-            else:
-                equal = None
-            if equal:
-                reclaim_keys.append(target)
-
-    verdict, reason = _verdict(
-        names, flag, embed_stored, head_stored, head_aliased or embed_aliased, same_storage, shapes_differ, dtypes_differ, identical, ckpt
-    )
-    stored_params, unique_params, total_bytes = ckpt.totals()
-    reclaimable = sum(ckpt.tensors[k].nbytes for k in reclaim_keys)
-    unique_params -= sum(ckpt.tensors[k].numel for k in reclaim_keys)
-
+    _check_pair_stored(ckpt, names)
+    _check_plain_float(ckpt, [k for k in (names.embed, names.head) if k])
+    evidence = _gather_evidence(ckpt, names, notes, compare)
+    reclaim_keys = _reclaimable_copies(ckpt, names, evidence.identical, compare)
+    verdict, reason = _verdict(evidence)
     report = Report(
         path=str(ckpt.path),
         layout=ckpt.layout,
         files=list(ckpt.files),
         verdict=verdict,
-        embed=_tensor_info(ckpt, embed_key),
-        head=_tensor_info(ckpt, head_key) if names.has_head and head_key else None,
-        tie_flag=flag,
-        identical=identical,
-        equal_after_cast=cast_equal,
-        parameters=Parameters(stored_params, unique_params),
-        bytes=ByteCounts(total_bytes, reclaimable),
+        embed=_tensor_info(ckpt, names.embed),
+        head=_tensor_info(ckpt, names.head) if names.has_head and names.head else None,
+        tie_flag=names.flag,
+        identical=evidence.identical,
+        equal_after_cast=evidence.equal_after_cast,
+        parameters=_parameter_counts(ckpt, reclaim_keys),
+        bytes=_byte_counts(ckpt, reclaim_keys),
         reclaimable_keys=reclaim_keys,
         tie_map=dict(names.tie_map),
         tie_group=names.group if names.has_head else None,
@@ -406,111 +354,214 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
     return report
 
 
+def _check_pair_stored(ckpt: Checkpoint, names: Names) -> None:
+    """Refuse names of which nothing is stored (not even as an alias): the keys must be named by hand."""
+    embed_key, head_key = cast(str, names.embed), names.head
+    embed_stored, head_stored = embed_key in ckpt.tensors, head_key is not None and head_key in ckpt.tensors
+    aliased = head_key in ckpt.aliases or embed_key in ckpt.aliases
+    if not embed_stored and not head_stored and names.has_head and not aliased:
+        raise InputError(
+            f"{ckpt.path}: neither the embedding {embed_key!r} nor the head {head_key!r} is stored; "
+            "name them with --embed KEY --head KEY"
+        )
+    if not embed_stored and not names.has_head:
+        raise InputError(f"{ckpt.path}: the embedding {embed_key!r} is not stored; name it with --embed KEY")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the verdict is decided from: the flag, which of the pair is stored, how the two compare."""
+
+    flag: TieFlag
+    has_head: bool  # False: the model has no output embedding
+    head_is_source: bool  # FSMT, BLT: the head is the tie group's source
+    embed: StoredTensor | None  # None: not stored
+    head: StoredTensor | None
+    aliased: bool  # the file's metadata records one of the pair as an alias of the other
+    identical: bool | None  # None: not compared
+    equal_after_cast: bool | None = None
+
+    @property
+    def both_stored(self) -> bool:
+        return self.embed is not None and self.head is not None
+
+    @property
+    def same_storage(self) -> bool:
+        return self.embed is not None and self.head is not None and self.embed.storage == self.head.storage
+
+    @property
+    def shapes_differ(self) -> bool:
+        return self.embed is not None and self.head is not None and self.embed.shape != self.head.shape
+
+    @property
+    def dtypes_differ(self) -> bool:
+        return self.embed is not None and self.head is not None and self.embed.dtype != self.head.dtype
+
+
+def _gather_evidence(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> Evidence:
+    """Which of the pair is stored (or recorded as an alias), and whether their bytes are identical."""
+    embed_key, head_key = cast(str, names.embed), names.head
+    embed = ckpt.tensors.get(embed_key)
+    head = ckpt.tensors.get(head_key) if head_key is not None else None
+    head_aliased = head is None and ckpt.aliases.get(head_key or "") == embed_key
+    embed_aliased = embed is None and head_key is not None and ckpt.aliases.get(embed_key) == head_key
+    if head_aliased or embed_aliased:
+        dropped, kept = (head_key, embed_key) if head_aliased else (embed_key, head_key)
+        notes.append(f"{dropped} is recorded in the file's metadata as sharing {kept}")
+    evidence = Evidence(names.flag, names.has_head, names.head_is_source, embed, head,
+                        head_aliased or embed_aliased, identical=None)
+    return _compare_pair(ckpt, evidence, compare)
+
+
+def _compare_pair(ckpt: Checkpoint, evidence: Evidence, compare: bool) -> Evidence:
+    """Whether the two stored matrices are identical: one storage is, different shapes are not, else the bytes."""
+    embed, head = evidence.embed, evidence.head
+    if embed is None or head is None:
+        return evidence
+    if evidence.same_storage:
+        return dataclasses.replace(evidence, identical=True)
+    if evidence.shapes_differ:
+        return dataclasses.replace(evidence, identical=False)
+    if not compare:
+        return evidence
+    identical = bytes_identical(ckpt, embed.key, head.key)
+    cast_equal = equal_after_cast(ckpt, embed.key, head.key) if evidence.dtypes_differ and ckpt.layout != "gguf" else None
+    return dataclasses.replace(evidence, identical=identical, equal_after_cast=cast_equal)
+
+
+def _reclaimable_copies(ckpt: Checkpoint, names: Names, head_identical: bool | None, compare: bool) -> list[str]:
+    """Every stored, bit-identical copy of a tie-map target: what `tie` would reclaim."""
+    reclaim_keys: list[str] = []
+    for target, source in names.tie_map.items():
+        ts, ss = ckpt.tensors.get(target), ckpt.tensors.get(source)
+        if ts is None or ss is None or ts.storage == ss.storage:
+            continue
+        if target == names.head:
+            equal = head_identical
+        else:
+            equal = bytes_identical(ckpt, source, target) if compare else None
+        if equal:
+            reclaim_keys.append(target)
+    return reclaim_keys
+
+
+def _parameter_counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> Parameters:
+    stored, unique, _ = ckpt.totals()
+    return Parameters(stored, unique - sum(ckpt.tensors[k].numel for k in reclaim_keys))
+
+
+def _byte_counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> ByteCounts:
+    _, _, total = ckpt.totals()
+    return ByteCounts(total, sum(ckpt.tensors[k].nbytes for k in reclaim_keys))
+
+
 def _no_token_embedding(ckpt: Checkpoint, names: Names, notes: list[str]) -> Report:
     """Speech and vision models (wav2vec2, ViTMAE...): nothing to tie, and no keys to name."""
-    stored_params, unique_params, unique_bytes = ckpt.totals()
     return Report(
-        path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict="no-head", embed=None, head=None,
-        tie_flag=names.flag, identical=None, equal_after_cast=None,
-        parameters=Parameters(stored_params, unique_params), bytes=ByteCounts(unique_bytes, 0), reclaimable_keys=[], tie_map={}, tie_group=None,
-        architecture=names.architecture, config=ckpt.config_file,
-        reason=f"{names.architecture} has no token embedding", advice=_advice_text("no-head", str(ckpt.path), "0 B"),
-        notes=notes, checkpoint=ckpt,
+        path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict=Verdict.NO_HEAD, embed=None,
+        head=None, tie_flag=names.flag, identical=None, equal_after_cast=None,
+        parameters=_parameter_counts(ckpt, []), bytes=_byte_counts(ckpt, []), reclaimable_keys=[], tie_map={},
+        tie_group=None, architecture=names.architecture, config=ckpt.config_file,
+        reason=f"{names.architecture} has no token embedding",
+        advice=_advice_text(Verdict.NO_HEAD, str(ckpt.path), "0 B"), notes=notes, checkpoint=ckpt,
     )
 
 
-def _verdict(names: Names, flag: TieFlag, embed_stored: bool, head_stored: bool, aliased: bool, same_storage: bool,
-             shapes_differ: bool, dtypes_differ: bool, identical: bool | None, ckpt: Checkpoint) -> tuple[str, str]:
-    if not names.has_head:
-        return "no-head", "the model has no output embedding"
-    if names.head_is_source and flag.value and embed_stored != head_stored:
+# ---------------------------------------------------------------- which verdict the evidence gives
+
+_UNDECIDED = "both are stored but were not compared; compare them to decide"
+
+
+def _verdict(e: Evidence) -> tuple[Verdict, str]:
+    """The verdict and the reason for it; the flag says which rules apply."""
+    if not e.has_head:
+        return Verdict.NO_HEAD, "the model has no output embedding"
+    if e.head_is_source and e.flag.value and (e.embed is None) != (e.head is None):
         # FSMT, BLT: the head is the group's source; transformers fills the embedding from whichever is stored
-        which = "the head (the tie's source)" if head_stored else "the embedding"
-        return "tied", f"the flag ties and only {which} is stored"
-    shape_reason = ""
-    if shapes_differ:
-        e, h = ckpt.tensors[names.embed].shape, ckpt.tensors[names.head].shape  # type: ignore[index]
-        shape_reason = f"shapes differ ({list(e)} vs {list(h)}), so they can never be tied"
-    if dtypes_differ:
-        e, h = ckpt.tensors[names.embed].dtype, ckpt.tensors[names.head].dtype  # type: ignore[assignment, index]
-        dtype_reason = f"both are stored with different types ({e} embedding, {h} head)"
-    differ_reason = shape_reason or (dtype_reason if dtypes_differ else "both are stored and differ")
-    undecided = "both are stored but were not compared; compare them to decide"
+        which = "the head (the tie's source)" if e.head is not None else "the embedding"
+        return Verdict.TIED, f"the flag ties and only {which} is stored"
+    if e.flag.value is None or (e.flag.forced and e.flag.value):
+        return _data_decides(e)
+    if e.flag.value:
+        return _flag_ties(e)
+    return _flag_unties(e)
 
-    if flag.value is None or (flag.forced and flag.value):
-        # No config (or a flag the config class forces): the data decides.
-        lead = "no config found: " if flag.value is None else "the flag is forced, so the data decides: "
-        if aliased:
-            return "tied", lead + "one storage: the file's metadata records one key as an alias of the other"
-        if not head_stored:
-            if not embed_stored:
-                return "embed-missing", lead + "the head is stored under an alias but the embedding is not"
-            return "tied", lead + "no head stored: the embedding serves as the head"
-        if not embed_stored:
-            return "embed-missing", lead + "the head is stored but the embedding is not"
-        if same_storage:
-            return "tied", lead + "the embedding and the head are one storage"
-        if identical is None:
-            return "undecided", lead + undecided
-        if identical:
-            if flag.forced:
-                return "duplicated", lead + "both are stored, bit-identical; transformers ties equal copies"
-            return "tieable", lead + "both are stored, bit-identical"
-        return "untied", lead + differ_reason
 
-    if flag.value:
-        if not head_stored:
-            if not embed_stored:
-                return "embed-missing", "the flag ties but the embedding is not stored"
-            return "tied", "the flag ties and the head is not stored" + (" (recorded as an alias)" if aliased else "")
-        if not embed_stored:
-            return "embed-missing", "the head is stored, the embedding is not; transformers ties symmetrically"
-        if same_storage:
-            return "tied", "the flag ties and both keys share one storage"
-        if identical is None:
-            return "undecided", "the flag ties; " + undecided
-        if identical:
-            return "duplicated", "the flag ties and the head is stored as a bit-identical copy"
-        return "conflict", "the flag ties but " + differ_reason + "; runtimes disagree on which one is the head"
+def _data_decides(e: Evidence) -> tuple[Verdict, str]:
+    """No config, or a flag the config class forces: what is stored decides."""
+    lead = "no config found: " if e.flag.value is None else "the flag is forced, so the data decides: "
+    if e.aliased:
+        return Verdict.TIED, lead + "one storage: the file's metadata records one key as an alias of the other"
+    if e.head is None:
+        if e.embed is None:
+            return Verdict.EMBED_MISSING, lead + "the head is stored under an alias but the embedding is not"
+        return Verdict.TIED, lead + "no head stored: the embedding serves as the head"
+    if e.embed is None:
+        return Verdict.EMBED_MISSING, lead + "the head is stored but the embedding is not"
+    if e.same_storage:
+        return Verdict.TIED, lead + "the embedding and the head are one storage"
+    if e.identical is None:
+        return Verdict.UNDECIDED, lead + _UNDECIDED
+    if e.identical:
+        if e.flag.forced:
+            return Verdict.DUPLICATED, lead + "both are stored, bit-identical; transformers ties equal copies"
+        return Verdict.TIEABLE, lead + "both are stored, bit-identical"
+    return Verdict.UNTIED, lead + _how_they_differ(e)
 
-    if not head_stored:
-        return "head-missing", "the flag unties but no head is stored; each loader fills it differently"
-    if not embed_stored:
-        return "embed-missing", "the flag unties and the embedding is not stored: it is lost"
-    if same_storage:
-        return "tieable", "the flag unties; both keys share one storage"
-    if identical is None:
-        return "undecided", "the flag unties; " + undecided
-    if identical:
-        return "tieable", "the flag unties and the two are bit-identical"
-    return "untied", "the flag unties and " + differ_reason
+
+def _flag_ties(e: Evidence) -> tuple[Verdict, str]:
+    if e.head is None:
+        if e.embed is None:
+            return Verdict.EMBED_MISSING, "the flag ties but the embedding is not stored"
+        return Verdict.TIED, "the flag ties and the head is not stored" + (" (recorded as an alias)" if e.aliased else "")
+    if e.embed is None:
+        return Verdict.EMBED_MISSING, "the head is stored, the embedding is not; transformers ties symmetrically"
+    if e.same_storage:
+        return Verdict.TIED, "the flag ties and both keys share one storage"
+    if e.identical is None:
+        return Verdict.UNDECIDED, "the flag ties; " + _UNDECIDED
+    if e.identical:
+        return Verdict.DUPLICATED, "the flag ties and the head is stored as a bit-identical copy"
+    return Verdict.CONFLICT, "the flag ties but " + _how_they_differ(e) + "; runtimes disagree on which one is the head"
+
+
+def _flag_unties(e: Evidence) -> tuple[Verdict, str]:
+    if e.head is None:
+        return Verdict.HEAD_MISSING, "the flag unties but no head is stored; each loader fills it differently"
+    if e.embed is None:
+        return Verdict.EMBED_MISSING, "the flag unties and the embedding is not stored: it is lost"
+    if e.same_storage:
+        return Verdict.TIEABLE, "the flag unties; both keys share one storage"
+    if e.identical is None:
+        return Verdict.UNDECIDED, "the flag unties; " + _UNDECIDED
+    if e.identical:
+        return Verdict.TIEABLE, "the flag unties and the two are bit-identical"
+    return Verdict.UNTIED, "the flag unties and " + _how_they_differ(e)
+
+
+def _how_they_differ(e: Evidence) -> str:
+    embed, head = cast(StoredTensor, e.embed), cast(StoredTensor, e.head)
+    if e.shapes_differ:
+        return f"shapes differ ({list(embed.shape)} vs {list(head.shape)}), so they can never be tied"
+    if e.dtypes_differ:
+        return f"both are stored with different types ({embed.dtype} embedding, {head.dtype} head)"
+    return "both are stored and differ"
+
+
+# ---------------------------------------------------------------- what to run next
 
 
 def _advice(report: Report) -> str:
-    if report.tie_group is None and report.head is not None and report.verdict == "tieable":
+    if report.tie_group is None and report.head is not None and report.verdict == Verdict.TIEABLE:
         return f"Consistent as is; transformers never ties {report.architecture}'s head, so it stays stored."
     return _advice_text(report.verdict, report.path, human_bytes(report.bytes.reclaimable), report)
 
 
-def _advice_text(verdict: str, p: str, saved: str, report: Report | None = None) -> str:
-    if verdict in ("conflict", "head-missing") and report is not None:
+def _advice_text(verdict: Verdict, path: str, saved: str, report: Report | None = None) -> str:
+    row = TABLE[verdict]
+    agreement = ""
+    if row.advised_result is not None and report is not None:
         from ..knowledge.runtimes import agreement_advice
 
-        def agreement(after: str) -> str:
-            return agreement_advice(report, after=after)
-    else:
-        def agreement(after: str) -> str:
-            return ""
-    return {
-        "tied": "Nothing to do: the head is the embedding.",
-        "duplicated": f"Run `tieconv tie {p} OUT` to drop the duplicate and save {saved}.",
-        "untied": "Nothing to do: the head and the embedding are two real matrices.",
-        "tieable": f"Consistent as is; `tieconv tie {p} OUT` would save {saved} without changing outputs.",
-        "conflict": f"Run `tieconv untie {p} OUT` to keep both matrices (the head transformers uses), "
-        f"or `tieconv tie --keep embed|head` to choose one. {agreement('untied')}",
-        "head-missing": f"If the model was trained tied, run `tieconv tie {p} OUT --assume-tied`. "
-        f"{agreement('tied')}",
-        "embed-missing": f"Run `tieconv tie {p} OUT` to store the head's matrix as the embedding.",
-        "no-head": "Nothing to tie: the model has no output head.",
-        "undecided": "Run again without --no-compare to compare the two matrices.",
-    }[verdict]
+        agreement = agreement_advice(report, after=row.advised_result.value)
+    return row.advice.format(path=path, saved=saved, agreement=agreement)

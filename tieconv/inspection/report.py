@@ -9,11 +9,8 @@ if TYPE_CHECKING:
     from ..knowledge.runtimes import Prediction
 
 SCHEMA_VERSION = 2  # 2: tie_group; embed/head null without a token embedding; the flag's path and reach
-VERDICTS = (
-    "tied", "duplicated", "untied", "tieable", "conflict", "head-missing", "embed-missing", "no-head", "undecided",
-)
-# verdicts `--check` fails on: the flag and the data disagree, bytes are wasted, or nothing can be vouched for
-PROBLEM_VERDICTS = frozenset({"duplicated", "conflict", "head-missing", "embed-missing", "undecided"})
+from .verdicts import PROBLEM_VERDICTS as PROBLEM_VERDICTS  # re-exported: `scan` counts problems by it
+from .verdicts import TABLE, Verdict
 
 
 @dataclass
@@ -65,7 +62,7 @@ class Report:
     path: str
     layout: str
     files: list[str]
-    verdict: str
+    verdict: Verdict  # a str Enum: compares equal to "tied", "duplicated"... (see tieconv.inspection.verdicts)
     embed: TensorInfo | None  # None: the model has no token embedding (no-head)
     head: TensorInfo | None
     tie_flag: TieFlag
@@ -87,6 +84,7 @@ class Report:
     checkpoint: Any = field(default=None, repr=False, compare=False)  # the reader, for conversion
 
     def __post_init__(self) -> None:
+        self.verdict = Verdict(self.verdict)  # a plain string is accepted, and checked
         if self.runtimes is None:
             from ..knowledge.runtimes import predict
 
@@ -113,12 +111,12 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
-VERDICT_COLOURS = {"tied": "32", "untied": "32", "tieable": "32", "no-head": "32", "duplicated": "33",
-                   "undecided": "33", "conflict": "31", "head-missing": "31", "embed-missing": "31"}
-
-
 def paint(verdict: str, colour: bool) -> str:
-    return f"\x1b[{VERDICT_COLOURS.get(verdict, '0')}m{verdict}\x1b[0m" if colour else verdict
+    """The verdict in its table colour (other words, such as scan's "unreadable", in the default colour)."""
+    if not colour:
+        return str(verdict)
+    code = TABLE[Verdict(verdict)].colour if verdict in TABLE else "0"
+    return f"\x1b[{code}m{verdict}\x1b[0m"
 
 
 def render(report: Report, colour: bool = False) -> str:

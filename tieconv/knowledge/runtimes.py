@@ -402,7 +402,7 @@ def case_of(report: "Report") -> Case | None:
     if report.verdict in ("no-head", "undecided"):
         return None
     flag = report.tie_flag
-    state = report.verdict
+    state: str = report.verdict
     if state == "embed-missing" and flag.value is False:
         state += "/unties"
     elif flag.value is None:

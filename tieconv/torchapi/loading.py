@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import RefusedError
 from ..inspection.inspector import inspect
+from ..inspection.report import Report, TensorInfo
+from ..inspection.verdicts import TABLE, Load, Member
 from .storage import shares_memory, view_key
 
 if TYPE_CHECKING:
@@ -48,43 +50,66 @@ def load_state_dict(path: str | os.PathLike[str], *, tie: bool | None = None, ke
     ckpt = report.checkpoint
     ckpt.check_torch_loadable()
     state_dict = _read_all(ckpt)
-    v = report.verdict
     if report.head is not None and report.embed is not None:  # both null for models without a token embedding
-        e, h = report.embed.key, report.head.key
-        targets = [t for t, s in report.tie_map.items() if s == e] or [h]
-        # the targets that tying makes the embedding's tensor: absent, a bit-identical copy, or the head
-        tie_targets = [t for t in targets if t not in state_dict or t in report.reclaimable_keys or t == h]
         if tie is None:
-            if v == "head-missing":
-                raise RefusedError(f"{path}: the config unties but no head ({h}) is stored; "
-                                   "pass tie=True to fill it from the embedding")
-            if v == "conflict":
-                warnings.warn(f"{path}: the config ties but {h} and {e} differ; runtimes disagree on which to use "
-                              "(transformers and vLLM use the stored head, MLX-LM the embedding)", stacklevel=2)
-            elif v == "embed-missing" and report.tie_flag.value is not False:
-                state_dict[e] = state_dict[h]
-            elif v in ("tied", "duplicated"):
-                _share(state_dict, e, tie_targets)
+            _follow_the_checkpoint(state_dict, report)
         elif tie:
-            if e not in state_dict:
-                state_dict[e] = state_dict[h]
-            if v in ("untied", "conflict") and h in state_dict and state_dict[h] is not state_dict[e]:
-                if keep is None:
-                    raise RefusedError(f"{path}: {h} and {e} differ; pass keep='embed' or keep='head' to choose")
-                if keep == "head":
-                    state_dict[e] = state_dict[h]
-            _share(state_dict, e, tie_targets)
+            _tie(state_dict, report, keep)
         else:
-            if e not in state_dict:
-                state_dict[e] = state_dict[h].clone()
-            for t in targets:
-                if t not in state_dict or shares_memory(state_dict[t], state_dict[e]):
-                    state_dict[t] = state_dict[e].clone()
+            _untie(state_dict, report)
     if str(device) != "cpu":
         state_dict = _move(state_dict, device)
     if strip_prefix:
         state_dict = {k.removeprefix(strip_prefix): t for k, t in state_dict.items()}
     return state_dict
+
+
+def _tie_targets(state_dict: dict[str, torch.Tensor], report: Report) -> tuple[list[str], list[str]]:
+    """(the embedding's tie-map targets, those that tying makes the embedding's tensor: absent, a
+    bit-identical copy, or the head)."""
+    e, h = cast(TensorInfo, report.embed).key, cast(TensorInfo, report.head).key
+    targets = [t for t, s in report.tie_map.items() if s == e] or [h]
+    return targets, [t for t in targets if t not in state_dict or t in report.reclaimable_keys or t == h]
+
+
+def _follow_the_checkpoint(state_dict: dict[str, torch.Tensor], report: Report) -> None:
+    """`tie=None`: what the verdict's row says a load does (`verdicts.Load`)."""
+    e, h = cast(TensorInfo, report.embed).key, cast(TensorInfo, report.head).key
+    row = TABLE[report.verdict]
+    message = row.load_message.format(path=report.path, embed=e, head=h)
+    if row.load is Load.REFUSE:
+        raise RefusedError(message)
+    if row.load is Load.WARN:
+        warnings.warn(message, stacklevel=3)
+    elif row.load is Load.EMBED_FROM_HEAD and report.tie_flag.value is not False:
+        state_dict[e] = state_dict[h]
+    elif row.load is Load.SHARE:
+        _share(state_dict, e, _tie_targets(state_dict, report)[1])
+
+
+def _tie(state_dict: dict[str, torch.Tensor], report: Report, keep: str | None) -> None:
+    """`tie=True`: the head (and every tie-map target) is the embedding's tensor; `keep` chooses between two."""
+    e, h = cast(TensorInfo, report.embed).key, cast(TensorInfo, report.head).key
+    if e not in state_dict:
+        state_dict[e] = state_dict[h]
+    chooses = TABLE[report.verdict].tie.keep is Member.CHOSEN  # the two differ: `tie` needs --keep too
+    if chooses and h in state_dict and state_dict[h] is not state_dict[e]:
+        if keep is None:
+            raise RefusedError(f"{report.path}: {h} and {e} differ; pass keep='embed' or keep='head' to choose")
+        if keep == "head":
+            state_dict[e] = state_dict[h]
+    _share(state_dict, e, _tie_targets(state_dict, report)[1])
+
+
+def _untie(state_dict: dict[str, torch.Tensor], report: Report) -> None:
+    """`tie=False`: the embedding and every tie-map target are tensors of their own."""
+    e, h = cast(TensorInfo, report.embed).key, cast(TensorInfo, report.head).key
+    targets = _tie_targets(state_dict, report)[0]
+    if e not in state_dict:
+        state_dict[e] = state_dict[h].clone()
+    for t in targets:
+        if t not in state_dict or shares_memory(state_dict[t], state_dict[e]):
+            state_dict[t] = state_dict[e].clone()
 
 
 def _share(state_dict: dict[str, torch.Tensor], source: str, targets: list[str]) -> None:
