@@ -81,6 +81,21 @@ def tiny_config_doc(config_class, architecture: str | None = None) -> dict:
     return doc
 
 
+def config_class_for(model_type: str, cls):
+    """The config class `cls` is built from for `model_type`, as transformers' auto classes choose it.
+
+    The model type's own (a model type may reuse another's class: exaone -> Llama), except when the class
+    takes one of its sub-configs (`Qwen3_5ForCausalLM` under `qwen3_5` reads the text config, as
+    `AutoModelForCausalLM.from_config` does; `MusicgenForCausalLM` the decoder's)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    mapped = CONFIG_MAPPING[model_type]
+    own = getattr(cls, "config_class", None)
+    if own is not None and own is not mapped and own in getattr(mapped, "sub_configs", {}).values():
+        return own
+    return mapped
+
+
 def _set_flag(doc: dict, flag: bool) -> None:
     doc[FLAG] = flag
     for value in doc.values():
@@ -209,9 +224,7 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     if cls is None:
         result["status"] = "not-importable"
         return result
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    config_class = CONFIG_MAPPING[model_type]  # a model type may reuse another's class (exaone -> Llama)
+    config_class = config_class_for(model_type, cls)
     try:
         with _quiet():
             tied_cfg = tiny_config(config_class, True)
@@ -223,6 +236,7 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - recorded with transformers' own error
         result["status"] = "does-not-build"
         result["error"] = _error(exc)
+        result["default_config"] = _default_builds(cls, config_class)
         return result
 
     embed_w, head_w = _head_and_embed(tied_model)
@@ -356,6 +370,19 @@ def judge_class(model_type: str, class_name: str, work: Path) -> dict:
     return result
 
 
+def _default_builds(cls, config_class) -> str:
+    """Whether transformers builds the class from its own default config (full size, on the meta device):
+    "builds" means only the shrinking rule's config is refused; otherwise transformers' own error."""
+    import torch
+
+    try:
+        with _quiet(), torch.device("meta"):
+            cls(config_class())
+    except Exception as exc:  # noqa: BLE001
+        return _error(exc)
+    return "builds"
+
+
 def _flag_changes_forward(tied_model, untied_model) -> bool:
     """The flag-off model given the flag-on model's very weights: does a forward change?"""
     import copy
@@ -450,9 +477,27 @@ def summarize(results: list[dict]) -> dict:
         "wrong": sorted(f"{r['model_type']}/{r['class']}" for r in judged if r["problems"]),
         "lossless_claimed_but_not": lossy,
         "excluded": {f"{r['model_type']}/{r['class']}": f"{r['status']}: {r.get('error', '')}" for r in excluded},
+        "excluded_by_reason": _reasons(excluded),
         "line": f"{len(right)} of {len(judged)} classes right; {len(excluded)} of {len(results)} not judged "
                 f"(transformers cannot build them tiny or reload its own save)",
     }
+
+
+def _reasons(excluded: list[dict]) -> dict[str, list[str]]:
+    """The classes not judged, grouped by why: the README states these groups."""
+    groups: dict[str, list[str]] = {}
+    for r in excluded:
+        error = r.get("error", "")
+        if r["status"] == "does-not-build" and "requires the" in error and "library" in error:
+            why = "needs a library that is not installed"
+        elif r["status"] == "does-not-build" and r.get("default_config", "builds") != "builds":
+            why = "transformers' own default config does not build either"
+        elif r["status"] == "does-not-build":
+            why = "the shrinking rule's config is refused (the default config builds)"
+        else:
+            why = r["status"]
+        groups.setdefault(why, []).append(r["class"])
+    return {k: sorted(set(v)) for k, v in sorted(groups.items())}
 
 
 def _done_by_others(partial: Path) -> set:
@@ -468,7 +513,6 @@ def write_knowledge(pairs, path: Path) -> int:
     from dataclasses import asdict
 
     import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     from tieconv.knowledge import architecture as arch
 
@@ -476,7 +520,7 @@ def write_knowledge(pairs, path: Path) -> int:
     for model_type, name in pairs:
         try:
             with _quiet():
-                doc = tiny_config_doc(CONFIG_MAPPING[model_type], name)
+                doc = tiny_config_doc(config_class_for(model_type, getattr(transformers, name)), name)
                 info = arch._learn_from_transformers(doc, getattr(transformers, name))
         except Exception as exc:  # noqa: BLE001 - not shipped: learned live
             failed[name] = _error(exc)

@@ -89,6 +89,31 @@ def test_cache_snapshot_links_leaving_the_repo_are_refused(tmp_path):
     assert result.rows[0].verdict == "unreadable" and "outside the model folder" in result.rows[0].error
 
 
+def test_a_snapshot_folder_linked_out_of_the_cache_is_never_followed(tmp_path):
+    """huggingface_hub's scan_cache_dir would walk and stat the linked folder; scan refuses it unread."""
+    hub = tmp_path / "hub"
+    snap = make_cache_repo(hub, "org/m", FIXTURES / "llama-tied")
+    outside = tmp_path / "outside"
+    shutil.copytree(FIXTURES / "llama-tied", outside)
+    shutil.rmtree(snap)
+    os.symlink(outside, snap)
+    result = tieconv.scan([hub])
+    assert [(r.name, r.verdict) for r in result.rows] == [("org/m@aaaaaaaa", "unreadable")]
+    assert "outside the cache; not followed" in result.rows[0].error
+
+
+def test_a_cache_repo_with_a_broken_link_is_listed_as_unreadable(tmp_path):
+    """scan_cache_dir drops such a repo into its warnings; scan lists it with the reason."""
+    hub = tmp_path / "hub"
+    snap = make_cache_repo(hub, "org/broken", FIXTURES / "llama-tied")
+    make_cache_repo(hub, "org/fine", FIXTURES / "llama-tied")
+    target = (snap / "model.safetensors").resolve()
+    target.unlink()
+    result = tieconv.scan([hub])
+    verdicts = {r.name: r.verdict for r in result.rows}
+    assert verdicts == {"org/broken@aaaaaaaa": "unreadable", "org/fine@aaaaaaaa": "tied"}
+
+
 def test_scan_reads_hub_repos_with_bounded_concurrency(tmp_path, monkeypatch):
     import threading
     import time

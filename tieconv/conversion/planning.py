@@ -384,7 +384,7 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
 
 
 def by_file_original(ckpt: Checkpoint, name: str) -> list[StoredTensor]:
-    return sorted((t for t in ckpt.tensors.values() if t.file == name), key=lambda t: t.offset or 0)
+    return ckpt.tensors_in(name)
 
 
 def weights_folder(ckpt: Checkpoint) -> str:
@@ -404,8 +404,8 @@ def carried_files(ckpt: Checkpoint, fmt: str, drop_other_weights: bool) -> tuple
     files. Weight files of another format than the one converted keep the old tie state: carried with a
     warning, or left out with `drop_other_weights`.
     """
-    if ckpt._remote is not None:  # a Hub repo read over HTTP (a dry run): the small files its listing names
-        return list(ckpt._remote.small_files), {}, []
+    if ckpt.remote is not None:  # a Hub repo read over HTTP (a dry run): the small files its listing names
+        return list(ckpt.remote.small_files), {}, []
     if ckpt.path.is_file():
         return [], {}, []
     base = ckpt.path
@@ -450,7 +450,7 @@ def training_entries(ckpt: Checkpoint) -> list[str]:
 
     from ..formats.checkpoint import NESTED_STATE_DICT_KEYS
 
-    obj = ckpt._pickles[ckpt.files[0]]
+    obj = ckpt.torch_object()
     if not isinstance(obj, dict):
         return []
     nested = next((k for k in NESTED_STATE_DICT_KEYS if isinstance(obj.get(k), dict)

@@ -71,7 +71,15 @@ def default_roots() -> list[Path]:
 
 
 def find_checkpoints(root: Path) -> list[tuple[str, Path]]:
-    """(display name, path) of each cached repo revision, model folder and loose checkpoint file below root."""
+    """(display name, path) of each cached repo revision, model folder and loose checkpoint file below root.
+
+    Cache repos are found by their folder name (`models--org--name`, huggingface_hub's `repo_folder_name`)
+    rather than with `huggingface_hub.scan_cache_dir`, which does more than we may: it walks every file of
+    every snapshot and stats its blob, following a snapshot folder linked out of the cache (README guarantee
+    5: scan never follows one; `_refuse_snapshot_link` refuses it before anything inside is read), and it
+    drops a repo with one broken link into its warnings, where scan must list it as unreadable. Only the
+    snapshot folders' names are read here; the inspect of each does the rest, inside its folder.
+    """
     found: list[tuple[str, Path]] = []
     if root.is_file():
         return [(root.name, root)]

@@ -32,12 +32,12 @@ STATES = ("absent", "true", "false")
 # what transformers knows about the architectures it builds, made by bench/arch_sweep.py --knowledge for one
 # transformers version: read without importing torch or transformers (which costs seconds)
 KNOWLEDGE_FILE = Path(__file__).with_name("architectures.json")
-# the head classes tieconv judges: transformers' auto mappings for models with a language-model head
+# the head classes tieconv judges: transformers' public auto mappings (config class -> model class) for models
+# with a language-model head; the base model's only when the model type has none of these
 HEAD_MAPPINGS = (
-    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
-    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
-    "MODEL_FOR_PRETRAINING_MAPPING_NAMES", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
-    "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_CAUSAL_LM_MAPPING", "MODEL_FOR_MASKED_LM_MAPPING", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING",
+    "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING", "MODEL_FOR_PRETRAINING_MAPPING", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING",
+    "MODEL_FOR_MULTIMODAL_LM_MAPPING",
 )
 
 
@@ -273,20 +273,25 @@ def _model_class(config: dict[str, Any]) -> type[Any] | None:
 
 
 def _head_classes(config: dict[str, Any]) -> list[type[Any]]:
-    """The head classes transformers maps this config's model type to (then its base model)."""
+    """The head classes transformers' auto classes build for this config's model type (then its base model).
+
+    Asked as `AutoModelFor*.from_config` asks: the model type's config class, looked up in the public
+    auto mappings."""
     import transformers
-    from transformers.models.auto import modeling_auto
 
     model_type = config.get("model_type")
-    if not isinstance(model_type, str):
+    if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
         return []
-    out = []
-    for mappings in (HEAD_MAPPINGS, ("MODEL_MAPPING_NAMES",)):  # the base model only when no head class exists
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    out: list[type[Any]] = []
+    for mappings in (HEAD_MAPPINGS, ("MODEL_MAPPING",)):  # the base model only when no head class exists
         for mapping in mappings:
-            names = getattr(modeling_auto, mapping, {}).get(model_type)
-            for name in names if isinstance(names, (list, tuple)) else [names]:
-                cls = getattr(transformers, name, None) if isinstance(name, str) else None
-                if cls is not None and cls not in out:
+            try:
+                found = getattr(transformers, mapping)[config_class]
+            except (AttributeError, KeyError, ImportError, ValueError):  # a mapping naming a class it lacks
+                continue
+            for cls in found if isinstance(found, (list, tuple)) else [found]:
+                if isinstance(cls, type) and cls not in out:
                     out.append(cls)
         if out:
             break
@@ -396,7 +401,7 @@ def _reduced(config: dict[str, Any], tie: bool | None) -> dict[str, Any]:
                 d[key] = [1]  # Funnel: one block of one layer
             elif isinstance(value, list) and len(value) > 2 and (
                     key in ("layer_types", "mlp_only_layers", "block_types") or len(value) in depths):
-                d[key] = value[:1] + value[-1:]
+                d[key] = _per_layer_list(value)
             elif isinstance(value, dict) and value and depths and all(str(k).isdigit() for k in value):
                 d[key] = _per_layer_dict(value, max(depths))
         if tie is not None and d is out:
@@ -581,23 +586,71 @@ def tiny_inputs(model: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- the shrinking rule
 
 TINY_HIDDEN, TINY_HEADS, TINY_KV_HEADS, TINY_LAYERS, TINY_VOCAB = 64, 4, 2, 2, 256
+TINY_HEAD_DIM = TINY_HIDDEN // TINY_HEADS
 HIDDEN_KEYS = {"hidden_size", "d_model", "n_embd", "n_embed", "embed_dim", "dim", "hidden_dim", "model_dim",
                "embedding_size", "word_embed_proj_dim", "projection_dim", "text_embed_dim", "emb_dim"}
 HEAD_KEYS = {"num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
-             "decoder_attention_heads", "num_attention_heads_per_layer"}
+             "decoder_attention_heads", "num_attention_heads_per_layer", "decoder_num_heads"}
 KV_KEYS = {"num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num", "n_head_kv"}
+HEAD_DIM_KEYS = {"head_dim", "d_head"}
 LAYER_KEYS = {"num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
-              "num_decoder_layers", "num_encoder_layers", "depth", "num_text_layers"}
+              "num_decoder_layers", "num_encoder_layers", "depth", "num_text_layers", "decoder_depth"}
+# State-space blocks: heads x head size must equal expand x hidden (Mamba-2, Bamba, GraniteMoeHybrid)
+SSM_KEYS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
+SSM_WIDTH_KEYS = ("mamba_d_ssm",)  # where set, the width heads x head size must equal instead (Falcon-H1)
 
 
 def tiny_config_dict(config: dict[str, Any]) -> dict[str, Any]:
     """One shrinking rule for every config and its sub-configs: hidden 64, intermediate 2x, 2 layers
-    (per-layer lists cut to match), 4 heads (2 key/value), vocab 256, special token ids moved into it."""
+    (per-layer lists cut to match), 4 heads (2 key/value) of 16, vocab 256, special token ids moved into it.
+
+    Sizes the default leaves unset (None: derived by the model, or left to a released config) are filled
+    with the tiny value, and sizes that must agree keep agreeing: every `*hidden_size` of a sub-config is
+    the one tiny hidden size, a multi-head default stays multi-head, lists of parts that sum to a size
+    (rotary sections, axial embeddings) are rescaled to the new size, layer counts that sum to the depth
+    make the depth, and per-layer lists of layer indices point at the kept layers.
+    """
     doc = _shrink(config)
     _token_ids_in_vocab(doc, list(range(TINY_VOCAB - 64, TINY_VOCAB)))
     for k in ("auto_map", "quantization_config", "_name_or_path"):
         doc.pop(k, None)
     return doc
+
+
+def _tiny_size(key: str, value: int | None) -> int | None:
+    """The tiny value of one size field, or None to leave it (`value` None: the default leaves it unset)."""
+    def smaller(tiny: int) -> int | None:
+        return tiny if value is None or value > tiny else None
+
+    if key in HIDDEN_KEYS or "hidden_size" in key:  # text_hidden_size, hidden_size_global...
+        return smaller(TINY_HIDDEN)
+    if value is None:  # only what a model needs and transformers derives the same way
+        if key in HEAD_KEYS or key in KV_KEYS:
+            return TINY_HEADS
+        if key in HEAD_DIM_KEYS:
+            return TINY_HEAD_DIM
+        if key == "vocab_size" or key in LAYER_KEYS:
+            return TINY_VOCAB if key == "vocab_size" else TINY_LAYERS
+        return None
+    if "intermediate_size" in key or key.endswith(("ffn_dim", "d_ff", "n_inner", "mlp_dim")):
+        return 2 * TINY_HIDDEN if value > 0 else None
+    if key in LAYER_KEYS:
+        return smaller(TINY_LAYERS)
+    if key in HEAD_KEYS or key.endswith(("attention_heads", "num_heads", "_n_heads")):  # decoder_..., index_...
+        return smaller(TINY_HEADS)
+    if key in KV_KEYS:
+        return smaller(TINY_KV_HEADS)
+    if key in HEAD_DIM_KEYS:
+        return smaller(TINY_HEAD_DIM)
+    if "vocab_size" in key or key.endswith("_vocab"):  # vocab_size_per_layer_input, hash_byte_group_vocab
+        return smaller(TINY_VOCAB)
+    if "experts" in key and "per_tok" not in key:
+        return smaller(4)
+    if key.endswith("per_tok") or key in ("top_k", "moe_topk"):
+        return smaller(2)
+    if key.endswith("_rank") and value > TINY_HIDDEN:
+        return TINY_HIDDEN // 2
+    return None
 
 
 def _shrink(d: dict[str, Any]) -> dict[str, Any]:
@@ -608,33 +661,102 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
             out[key] = _per_layer_dict(value, max(old_layers, default=TINY_LAYERS))
         elif isinstance(value, dict):
             out[key] = _shrink(value)
-        elif not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, list)):
+        elif not isinstance(key, str) or isinstance(value, bool):
             continue
         elif isinstance(value, list):
             if old_layers and len(value) in old_layers:
-                # per-layer lists follow the depth; first and last keep a pattern's kinds (sliding..., full)
-                out[key] = value[:1] + value[-(TINY_LAYERS - 1):]
-        elif key in HIDDEN_KEYS and value > TINY_HIDDEN:
-            out[key] = TINY_HIDDEN
-        elif ("intermediate_size" in key or key.endswith(("ffn_dim", "d_ff", "n_inner", "mlp_dim"))) and value > 0:
-            out[key] = 2 * TINY_HIDDEN
-        elif key in LAYER_KEYS and value > TINY_LAYERS:
-            out[key] = TINY_LAYERS
-        elif key in HEAD_KEYS and value > TINY_HEADS:
-            out[key] = TINY_HEADS
-        elif key in KV_KEYS and value > TINY_KV_HEADS:
-            out[key] = TINY_KV_HEADS
-        elif key == "head_dim" and value > TINY_HIDDEN // TINY_HEADS:
-            out[key] = TINY_HIDDEN // TINY_HEADS
-        elif key.endswith("vocab_size") and value > TINY_VOCAB:
-            out[key] = TINY_VOCAB
-        elif "experts" in key and "per_tok" not in key and value > 4:
-            out[key] = 4
-        elif (key.endswith("per_tok") or key in ("top_k", "moe_topk")) and value > 2:
-            out[key] = 2
-        elif key.endswith("_rank") and value > TINY_HIDDEN:
-            out[key] = TINY_HIDDEN // 2
+                out[key] = _per_layer_list(value)
+            elif key == "depths" and all(isinstance(v, int) and v > 1 for v in value):
+                out[key] = [1] * len(value)  # layers per stage (Swin, audio codecs): one each
+        elif value is None or isinstance(value, int):
+            tiny = _tiny_size(key, value)
+            if tiny is not None:
+                out[key] = tiny
+    _keep_agreements(d, out, max(old_layers, default=0))
     return out
+
+
+def _per_layer_list(values: list[Any], depth: int = TINY_LAYERS) -> list[Any]:
+    """Per-layer lists follow the depth: the first layers and the last keep a pattern's kinds (sliding..., full).
+
+    A list of layer indices (each layer names itself or an earlier one: KV sharing) is renumbered so the
+    kept layers point at kept layers."""
+    kept = values[:depth - 1] + values[-1:]
+    if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= i for i, v in enumerate(values)):
+        last = len(values) - 1
+        return kept[:-1] + [depth - 1 if kept[-1] == last else min(kept[-1], depth - 1)]
+    return kept
+
+
+def _keep_agreements(old: dict[str, Any], new: dict[str, Any], old_depth: int) -> None:
+    """Sizes in one config that transformers requires to agree, kept agreeing after the shrink."""
+    def size(key: str) -> Any:
+        return new.get(key)
+
+    # multi-head attention stays multi-head (some classes refuse grouped key/value heads)
+    for kv in sorted(KV_KEYS & old.keys()):
+        heads = next((h for h in sorted(HEAD_KEYS) if isinstance(old.get(h), int)), None)
+        if heads and old[kv] == old[heads] and isinstance(size(heads), int):
+            new[kv] = size(heads)
+    # d_head = d_model / n_head where the default has it so
+    hidden = next((k for k in sorted(HIDDEN_KEYS) if isinstance(old.get(k), int) and old[k] > 0), None)
+    heads = next((h for h in sorted(HEAD_KEYS) if isinstance(old.get(h), int) and old[h] > 0), None)
+    if hidden and heads:
+        for hd in sorted(HEAD_DIM_KEYS & old.keys()):
+            if old[hd] == old[hidden] // old[heads]:
+                new[hd] = size(hidden) // size(heads)
+    # state-space heads x head size = an explicit width, or expand x hidden
+    for n_heads, head_dim, _ in SSM_KEYS:
+        for width in SSM_WIDTH_KEYS:
+            if all(isinstance(old.get(k), int) and isinstance(new.get(k), int) for k in (n_heads, head_dim, width)) \
+                    and old[n_heads] * old[head_dim] == old[width]:
+                new[width] = new[n_heads] * new[head_dim]
+    for n_heads, head_dim, expand in SSM_KEYS:
+        if hidden and all(isinstance(old.get(k), int) and isinstance(new.get(k), int)
+                          for k in (n_heads, head_dim, expand)) and \
+                old[n_heads] * old[head_dim] == old[hidden] * old[expand]:
+            new[n_heads] = max(1, size(hidden) * new[expand] // new[head_dim])
+            if new[n_heads] * new[head_dim] != size(hidden) * new[expand]:
+                new[head_dim] = size(hidden) * new[expand] // new[n_heads]
+    # lists of parts summing to a size (mrope_section = head_dim / 2, Reformer's axial dims = hidden)
+    sizes = []
+    if hidden:
+        sizes.append((old[hidden], size(hidden)))
+    # the rotary dimension: `qk_rope_head_dim` where attention has one (MLA), else the head size
+    rope = "qk_rope_head_dim" if isinstance(old.get("qk_rope_head_dim"), int) else "head_dim"
+    hd_old = old.get(rope) if isinstance(old.get(rope), int) else (
+        old[hidden] // old[heads] if hidden and heads else None)
+    hd_new = size(rope) if isinstance(size(rope), int) else (
+        size(hidden) // size(heads) if hidden and heads else None)
+    if hd_old and hd_new:
+        sizes.append((hd_old // 2, hd_new // 2))
+    # (in this config and its plain dicts such as rope_parameters, not in its sub-configs)
+    for container in [new] + [v for v in new.values() if isinstance(v, dict) and "model_type" not in v]:
+        for key, value in list(container.items()):
+            if isinstance(value, (list, tuple)) and len(value) > 1 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                for was, now in sizes:
+                    if sum(value) == was and was != now:
+                        container[key] = _parts(list(value), now)
+                        break
+    # layer counts that sum to the depth (input + recurrent + output blocks) make the new depth
+    depth_key = next((k for k in LAYER_KEYS if old.get(k) == old_depth), None) if old_depth else None
+    parts = [k for k, v in old.items() if k != depth_key and k.endswith("_layers") and k not in LAYER_KEYS
+             and isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    if depth_key and len(parts) > 1 and sum(old[k] for k in parts) == old_depth:
+        for k in parts:
+            new[k] = 1
+        new[depth_key] = len(parts)
+        for k, v in old.items():
+            if isinstance(v, list) and len(v) == old_depth:
+                new[k] = _per_layer_list(v, len(parts))
+
+
+def _parts(values: list[int], total: int) -> list[int]:
+    """`values` rescaled to sum to `total`, each at least 1 where possible, the rounding put in the first."""
+    scaled = [max(1, v * total // sum(values)) for v in values]
+    scaled[0] += total - sum(scaled)
+    return scaled if scaled[0] > 0 else values
 
 
 def _per_layer_dict(overrides: dict[Any, Any], old_depth: int) -> dict[str | int, Any]:
@@ -671,21 +793,26 @@ def _disk_names(model: Any, names: set[str]) -> dict[str, str]:
         return {n: n for n in names}
 
     def revert(subset: Iterable[str]) -> dict[str, str]:
-        placeholders = {n: torch.empty(0) for n in subset}  # distinct objects, so identity maps back
+        """The names followed by identity: placeholders are distinct objects, so a renamed one maps back."""
+        placeholders = {n: torch.empty(0) for n in subset}
         reverted = revert_weight_conversion(model, dict(placeholders))
         back = {id(t): k for k, t in reverted.items()}
-        return {n: back.get(id(t), n) for n, t in placeholders.items()}
+        return {n: back[id(t)] for n, t in placeholders.items() if id(t) in back}
+
+    def revert_one(name: str) -> str:
+        """A converter that makes a new tensor (Inkling2 pads its head back to the stored vocabulary:
+        `lm_head.weight` is saved as `model.llm.unembed.weight`) loses identity: alone, its one output is it."""
+        try:
+            reverted = revert_weight_conversion(model, {name: torch.empty(0)})
+        except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): not renamed
+            return name
+        return next(iter(reverted)) if len(reverted) == 1 else name
 
     try:
-        return revert(names)
-    except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): one name at a time
+        out = revert(names)
+    except Exception:  # noqa: BLE001 - a converter that needs its whole set: one name at a time
         out = {}
-        for n in names:
-            try:
-                out.update(revert([n]))
-            except Exception:  # noqa: BLE001
-                out[n] = n
-        return out
+    return {n: out[n] if n in out else revert_one(n) for n in names}
 
 
 def _flag_owner(model: Any, cfg: object, head_mem: str | None, tie_mem: dict[str, str]) -> str:
