@@ -113,10 +113,10 @@ def _changes(action: str, report: Report, keep: str | None, assume_tied: bool, f
     if done:
         past = f"already {action}d"
         reason = f"{past}; writing a normalised copy (--force)" if force else f"{past}: nothing to do"
-        return Changes(_dropped(step, report, None) if force else [], {}, {}, step.flag, not force, reason,
+        return Changes(_dropped(step, report) if force else [], {}, {}, step.flag, not force, reason,
                        step.result)
     kept = Member(keep) if step.keep is Member.CHOSEN else step.keep
-    dropped, added, replaced = _dropped(step, report, kept), _added(step, report), _replaced(report, kept)
+    dropped, added, replaced = _dropped(step, report), _added(step, report), _replaced(report, kept)
     reason = _reason(action, step, report, kept, dropped, added)
     return Changes(dropped, added, replaced, step.flag, False, reason, step.result)
 
@@ -134,6 +134,7 @@ def _refuse_by_verdict(step: Step, report: Report, *, lifted: bool, options: dic
 
 
 def _already_done(step: Step, report: Report) -> bool:
+    """Whether the input is already what the command writes (nothing to do unless --force)."""
     if step.done is Done.NO_COPIES:  # tied: done unless a stored equal copy is left to drop
         return not report.reclaimable_keys and report.tie_flag.value is not False
     return step.done is Done.ALWAYS
@@ -194,7 +195,7 @@ def _difference_text(report: Report) -> str:
     )
 
 
-def _dropped(step: Step, report: Report, kept: Member | None) -> list[str]:
+def _dropped(step: Step, report: Report) -> list[str]:
     dropped: set[str] = set()
     if Drop.HEAD in step.drop and report.head is not None:
         dropped.add(report.head.key)
