@@ -216,6 +216,10 @@ def cold_start(label: str, folder: Path, repeat: int) -> None:
           f"verdict {verdict}, imported torch: {torch_in}, transformers: {tf_in}")
 
 
+# measured as installed: pip compiles bytecode at install time, and with PYTHONDONTWRITEBYTECODE (set in
+# some environments) every run would compile every tieconv module from source, 0.1-0.4 s here
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="bench/out/deepseek-v3-shape")

@@ -405,3 +405,28 @@ def test_a_flag_that_only_decides_sharing_is_a_note(tmp_path):
     # the same flag flip without the head stored: the head starts at random, a difference
     report = tieconv.diff(FIXTURES / "llama-tied", FIXTURES / "llama-head-missing")
     assert not report.equivalent and [r.parameter for r in report.random] == ["lm_head.weight"]
+
+
+def test_hard_linked_shards_are_equal_without_reading_them(tmp_path, monkeypatch):
+    """`tie --link` links unchanged shards: one file on disk, so verification reads none of its bytes."""
+    a = tmp_path / "a"
+    shutil.copytree(FIXTURES / "llama-untied-sharded", a)
+    b = tmp_path / "b"
+    b.mkdir()
+    for f in a.iterdir():
+        os.link(f, b / f.name)
+    from tieconv.formats.checkpoint import Checkpoint
+
+    reads: list[str] = []
+    real_range, real_iter = Checkpoint.read_range, Checkpoint.iter_bytes
+    monkeypatch.setattr(Checkpoint, "read_range", lambda self, k, *a: reads.append(k) or real_range(self, k, *a))
+    monkeypatch.setattr(Checkpoint, "iter_bytes", lambda self, k, *a: reads.append(k) or real_iter(self, k, *a))
+    report = tieconv.diff(a, b)
+    assert report.equivalent and reads == []
+    # a copy (another inode) is read, and a changed byte in it is found
+    (b / "model-00001-of-00003.safetensors").unlink()
+    shutil.copy(a / "model-00001-of-00003.safetensors", b / "model-00001-of-00003.safetensors")
+    flipped = open_checkpoint(b).tensors_in("model-00001-of-00003.safetensors")[0].key
+    flip_byte(b, flipped)
+    report = tieconv.diff(a, b)
+    assert [d.parameter for d in report.values] == [flipped] and reads
