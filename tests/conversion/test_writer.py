@@ -147,6 +147,8 @@ def test_written_safetensors_align_every_tensor_to_its_dtype(tmp_path):
 
 
 def test_output_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
+    # every file: the rewritten shard, the copied one, the index, the config (the writers no longer fsync
+    # file by file; one pass over the finished folder does, after verification)
     import tieconv.conversion.writer as writer
 
     synced: list[str] = []
@@ -165,11 +167,108 @@ def test_output_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
         return real_exchange(a, b, flags)
 
     monkeypatch.setattr(writer, "_renameat2", spy_rename)
-    src = FIXTURES / "llama-duplicated"
-    tieconv.tie(src, tmp_path / "out")
+    src = FIXTURES / "llama-untied-sharded"
+    result = tieconv.tie(src, tmp_path / "out", keep="embed")
     tmp_name = Path(renamed[0]).name
-    for name in ("model.safetensors", "config.json"):
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert len(names) >= 4 and any(f.unchanged_from for f in result.plan.files), names  # a shard copied as is
+    for name in names:
         assert any(s.endswith(f"{tmp_name}/{name}") for s in synced), name
     assert any(s.endswith(tmp_name) for s in synced)  # the folder itself
-    assert str(tmp_path) in synced  # and the parent after the rename
+    last_parent = max(i for i, s in enumerate(synced) if s == str(tmp_path))
+    assert last_parent > max(i for i, s in enumerate(synced) if tmp_name in s)  # the parent after the rename
     assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_a_write_out_failure_at_fsync_leaves_nothing(tmp_path, monkeypatch):
+    # a disk that fails the write-out (EIO, or ENOSPC of delayed allocation) says so only at fsync
+    import errno
+
+    import tieconv.conversion.writer as writer
+
+    real = os.fsync
+
+    def failing(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == "model.safetensors":  # an output file
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(tieconv.OutputError, match="could not store the output.*nothing was written"):
+        tieconv.tie(FIXTURES / "llama-duplicated", tmp_path / "out")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT, no temporary, no record, no lock
+    assert writer.recover(tmp_path / "out") == []
+
+
+def _write_behind_calls(monkeypatch, step: int) -> list[tuple[int, int, int]]:
+    """Shrink the write-behind stretch to `step` bytes and record the real sync_file_range calls."""
+    import tieconv.conversion.writer as writer
+
+    calls: list[tuple[int, int, int]] = []
+    real = writer._sync_file_range
+
+    def spy(fd, offset, count, flags):
+        calls.append((offset, count, flags))
+        return real(fd, offset, count, flags)
+
+    monkeypatch.setattr(writer, "COPY_STEP", step)
+    monkeypatch.setattr(writer, "WRITE_BEHIND_BYTES", step)
+    monkeypatch.setattr(writer, "_sync_file_range", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "pread-write"])
+def test_copies_hand_each_stretch_to_the_disk_as_they_go(tmp_path, monkeypatch, kernel_copy):
+    import errno
+
+    import tieconv.conversion.writer as writer
+
+    step = 1 << 16
+    data = os.urandom(10 * step + 123)
+    (tmp_path / "src").write_bytes(data)
+    if not kernel_copy:  # a filesystem pair copy_file_range refuses: the user-space fallback
+        def refused(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    calls = _write_behind_calls(monkeypatch, step)
+    writer.copy_file(tmp_path / "src", tmp_path / "dst", len(data))
+    assert (tmp_path / "dst").read_bytes() == data
+    started = [(o, n) for o, n, flags in calls if flags == writer._SYNC_WRITE]
+    waited = [(o, n) for o, n, flags in calls if flags != writer._SYNC_WRITE]
+    # each stretch is started as soon as it is written, in order, without gaps ...
+    assert started == [(i * step, step) for i in range(10)]
+    # ... and the one before it waited for, so the copy runs at most two stretches ahead of the disk
+    assert waited == started[:-1]
+    assert all(f == writer._SYNC_WAIT_BEFORE | writer._SYNC_WRITE | writer._SYNC_WAIT_AFTER
+               for _, _, f in calls if f != writer._SYNC_WRITE)
+
+
+def test_streamed_safetensors_are_written_behind_too(tmp_path, monkeypatch):
+    # tensors without a source range (from a torch file) stream through Python: their bytes are handed on too
+    import tieconv.conversion.writer as writer
+
+    calls = _write_behind_calls(monkeypatch, 1 << 12)
+    value = torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32)
+    entry = writer.WriteEntry("w", "F32", (64, 32), value.nbytes, lambda: iter([value.numpy().tobytes()[i:i + 1000]
+                                                                              for i in range(0, value.nbytes, 1000)]))
+    writer.write_safetensors(tmp_path / "x.safetensors", [entry], None)
+    with safe_open(tmp_path / "x.safetensors", "pt") as f:
+        assert torch.equal(f.get_tensor("w"), value)
+    started = [o for o, n, flags in calls if flags == writer._SYNC_WRITE]
+    assert len(started) >= value.nbytes // (1 << 12) - 1 and started == sorted(started)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_sync_file_range_is_reached_through_libc(tmp_path):
+    import tieconv.conversion.writer as writer
+
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x" * 8192)
+        f.flush()
+        assert writer._sync_file_range(f.fileno(), 0, 8192, writer._SYNC_WRITE) is True
+    r, w = os.pipe()
+    try:
+        assert writer._sync_file_range(r, 0, 1, writer._SYNC_WRITE) is False  # ESPIPE: nothing to write behind
+    finally:
+        os.close(r), os.close(w)

@@ -291,7 +291,7 @@ def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
     state_dict, seen = {}, set()
     for t in f.tensors:
         if ckpt.layout == "torch-file":
-            storage, tensor = ckpt.tensors[t.source].storage, ckpt._torch[t.source]
+            storage, tensor = ckpt.tensors[t.source].storage, ckpt.load_tensor(t.source)
         else:
             storage, tensor = t.source, ckpt.load_tensor(t.source)  # type: ignore[assignment]
         if t.key != t.source or (p.action == "untie" and storage in seen):
@@ -299,13 +299,11 @@ def _write_torch_file(ckpt: Checkpoint, p: Plan, folder: Path) -> None:
         seen.add(storage)
         state_dict[t.key] = tensor
     obj: object = state_dict
-    original = ckpt._pickles.get(ckpt.files[0]) if ckpt.layout == "torch-file" else None
+    original = ckpt.torch_object()
     if isinstance(original, dict):
         obj = _rebuild_wrapper(original, state_dict, set(p.left_out))
-    with open(folder / f.name, "xb") as out:
+    with open(folder / f.name, "xb") as out:  # made durable by OutputFolder (fsync_tree) with the rest
         torch.save(obj, out)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _rebuild_wrapper(original: dict[Any, Any], state_dict: dict[str, Any], left_out: set[str]) -> dict[Any, Any]:

@@ -113,10 +113,10 @@ def _changes(action: str, report: Report, keep: str | None, assume_tied: bool, f
     if done:
         past = f"already {action}d"
         reason = f"{past}; writing a normalised copy (--force)" if force else f"{past}: nothing to do"
-        return Changes(_dropped(step, report, None) if force else [], {}, {}, step.flag, not force, reason,
+        return Changes(_dropped(step, report) if force else [], {}, {}, step.flag, not force, reason,
                        step.result)
     kept = Member(keep) if step.keep is Member.CHOSEN else step.keep
-    dropped, added, replaced = _dropped(step, report, kept), _added(step, report), _replaced(report, kept)
+    dropped, added, replaced = _dropped(step, report), _added(step, report), _replaced(report, kept)
     reason = _reason(action, step, report, kept, dropped, added)
     return Changes(dropped, added, replaced, step.flag, False, reason, step.result)
 
@@ -134,6 +134,7 @@ def _refuse_by_verdict(step: Step, report: Report, *, lifted: bool, options: dic
 
 
 def _already_done(step: Step, report: Report) -> bool:
+    """Whether the input is already what the command writes (nothing to do unless --force)."""
     if step.done is Done.NO_COPIES:  # tied: done unless a stored equal copy is left to drop
         return not report.reclaimable_keys and report.tie_flag.value is not False
     return step.done is Done.ALWAYS
@@ -194,7 +195,7 @@ def _difference_text(report: Report) -> str:
     )
 
 
-def _dropped(step: Step, report: Report, kept: Member | None) -> list[str]:
+def _dropped(step: Step, report: Report) -> list[str]:
     dropped: set[str] = set()
     if Drop.HEAD in step.drop and report.head is not None:
         dropped.add(report.head.key)
@@ -383,7 +384,7 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
 
 
 def by_file_original(ckpt: Checkpoint, name: str) -> list[StoredTensor]:
-    return sorted((t for t in ckpt.tensors.values() if t.file == name), key=lambda t: t.offset or 0)
+    return ckpt.tensors_in(name)
 
 
 def weights_folder(ckpt: Checkpoint) -> str:
@@ -403,8 +404,8 @@ def carried_files(ckpt: Checkpoint, fmt: str, drop_other_weights: bool) -> tuple
     files. Weight files of another format than the one converted keep the old tie state: carried with a
     warning, or left out with `drop_other_weights`.
     """
-    if ckpt._remote is not None:  # a Hub repo read over HTTP (a dry run): the small files its listing names
-        return list(ckpt._remote.small_files), {}, []
+    if ckpt.remote is not None:  # a Hub repo read over HTTP (a dry run): the small files its listing names
+        return list(ckpt.remote.small_files), {}, []
     if ckpt.path.is_file():
         return [], {}, []
     base = ckpt.path
@@ -449,7 +450,7 @@ def training_entries(ckpt: Checkpoint) -> list[str]:
 
     from ..formats.checkpoint import NESTED_STATE_DICT_KEYS
 
-    obj = ckpt._pickles[ckpt.files[0]]
+    obj = ckpt.torch_object()
     if not isinstance(obj, dict):
         return []
     nested = next((k for k in NESTED_STATE_DICT_KEYS if isinstance(obj.get(k), dict)

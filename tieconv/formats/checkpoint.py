@@ -1,26 +1,39 @@
-"""Readers: find a checkpoint's files and describe every stored tensor without loading it.
+"""Layouts: find a checkpoint's weight files and map every stored key to the file that holds it.
 
-`open_checkpoint(path)` returns a `Checkpoint`: its layout, files, config, and a
-`StoredTensor` per key (dtype, shape, byte size, file, storage identity).  Bytes
-are read later, in bounded chunks, by `Checkpoint.iter_bytes`, so comparison and
-conversion can stream from the same object.
+`open_checkpoint(path)` returns a `Checkpoint`: its layout (a folder with one file or a sharded
+index, a single file, a Hub repo: `hub.py`), its config, and one backend per weight file, chosen by
+the file's format (`tensor_file.TensorFile`: `SafetensorsFile`, `TorchPickle`, `GGUFFile`,
+`RemoteSafetensors`).  `Checkpoint.tensors` describes each key without loading it; bytes are read
+later, in bounded chunks, by `Checkpoint.iter_bytes`, so comparison and conversion stream from the
+same object whatever the format.
 """
 
 from __future__ import annotations
 
+import gc
 import json
-import math
 import os
 import re
 import stat
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, cast
+from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptFileError, InputError, UnsafePickleError, UnsupportedCheckpointError
-from .safetensors_header import SafetensorsHeader, read_header
+from ..errors import CorruptFileError, InputError, UnsupportedCheckpointError
+from . import file_cache
+from .safetensors_file import SafetensorsFile
+from .safetensors_header import read_header
+from .tensor_file import CHUNK_BYTES, MAX_TENSORS, StoredTensor, TensorFile, TensorTable
+from .torch_pickle import NESTED_STATE_DICT_KEYS, TORCH_DTYPE_OF, TorchPickle, load_pickle, torch_dtype_name
 
-CHUNK_BYTES = 16 << 20
+if TYPE_CHECKING:
+    from .hub import RemoteFiles
+
+__all__ = ["CHUNK_BYTES", "MAX_TENSORS", "NESTED_STATE_DICT_KEYS", "TORCH_DTYPE_OF", "Checkpoint", "StoredTensor",
+           "load_pickle", "open_checkpoint", "torch_dtype_name"]
+
 # Limits that real checkpoints never approach, checked before the expensive step (README, Guarantees).
 # Configs are kilobytes (one with 22k ImageNet labels is 1.6 MB); indexes are about 100 bytes per tensor.
 MAX_CONFIG_BYTES = 16 << 20  # config.json, params.json, adapter_config.json, modules.json
@@ -28,149 +41,119 @@ MAX_CONFIG_VALUES = 50_000  # JSON values in one config (22k ImageNet labels: 44
 MAX_INDEX_BYTES = 32 << 20  # DeepSeek-V3's 91,000-tensor index is 9 MB
 MAX_JSON_DEPTH = 64  # real configs nest 3 or 4 levels; 900 levels break json.dumps and transformers
 MAX_SHARDS = 4096  # per index (the largest public models have a few hundred)
-MAX_TENSORS = 1_000_000  # per checkpoint (the largest public MoE models have about 150,000)
+CACHED_INDEX_BYTES = 64 << 10  # a smaller index parses in less time than a cache file takes to read
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-# Keys under which training checkpoints keep the model's state dict (nanoGPT, torchtune, Lightning).
-NESTED_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module")
-
-
-class StoredTensor(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index builds 90k of them
-    key: str
-    dtype: str  # safetensors' dtype names: BF16, F32...
-    shape: tuple[int, ...]
-    nbytes: int
-    file: str  # path relative to the checkpoint's root folder
-    storage: tuple[object, ...]  # equal for tensors that are one object on disk
-    offset: int | None = None  # absolute byte offset (safetensors only)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
 
 @dataclass
 class Checkpoint:
+    """A checkpoint: where it is, its layout and config, and a backend per weight file (`backends`,
+    in the order read) to which `tensors` maps every stored key."""
+
     path: Path  # what the user named
     root: Path  # folder the file names are relative to
     layout: str
-    files: list[str]
-    tensors: dict[str, StoredTensor]
     config: dict[str, Any] | None = None
     config_file: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)  # dropped key -> kept key
     notes: list[str] = field(default_factory=list)
-    file_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # safetensors __metadata__
-    file_sizes: dict[str, int] = field(default_factory=dict)  # bytes of each safetensors file when it was read
-    _torch: dict[str, Any] = field(default_factory=dict, repr=False)  # key -> tensor, for pickles
-    _remote: Any = field(default=None, repr=False)  # hub.RemoteFiles, for Hub repos read over HTTP
-    _pickles: dict[str, Any] = field(default_factory=dict, repr=False)  # file -> the whole loaded object
+    remote: RemoteFiles | None = field(default=None, repr=False)  # a Hub repo whose files are read over HTTP
+    files: list[str] = field(default_factory=list)  # the weight files, relative to `root`, in the order read
+    backends: dict[str, TensorFile] = field(default_factory=dict, repr=False)  # file name -> its reader
+    tensors: TensorTable = field(default_factory=TensorTable, repr=False)
+
+    @property
+    def file_metadata(self) -> dict[str, dict[str, str]]:
+        """Each safetensors file's `__metadata__`."""
+        return {name: b.metadata for name, b in self.backends.items() if b.writes_as == "safetensors"}
+
+    @property
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes of each safetensors file when it was read (a copy checks the file has not shrunk since)."""
+        return {name: size for name, b in self.backends.items() if (size := b.size) is not None}
+
+    def add_file(self, backend: TensorFile, where: str) -> None:
+        """Map the tensors of `backend`'s file to it (`where` names the file in errors)."""
+        self.tensors.add(backend, where)
+        self.backends[backend.name] = backend
+        self.files.append(backend.name)
+
+    def tensors_in(self, name: str) -> list[StoredTensor]:
+        """The tensors of the file `name`, in the order of their bytes in it."""
+        return sorted(self.backends[name].tensors.values(), key=lambda t: t.offset or 0)
+
+    def record_aliases(self, metadata: Mapping[str, object]) -> None:
+        """Read the `dropped -> kept` pairs that safetensors' `save_model` and huggingface_hub's
+        `save_torch_state_dict` write for names they dropped as shared: a file's metadata, or for a sharded
+        save only the index's.  A pair counts when `dropped` is not stored and `kept` is."""
+        for dropped, kept in metadata.items():
+            if isinstance(kept, str) and dropped not in self.tensors and kept in self.tensors:
+                self.aliases[dropped] = kept
 
     def iter_bytes(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes | bytearray]:
         """Yield the stored bytes of `key` in chunks of at most `chunk_bytes`.
 
-        Full chunks share one reused bytearray (compare or write each before asking
-        for the next); bytearray == bytearray is a memcmp, memoryview == is per item.
+        Full chunks may share one reused bytearray: compare or write each before asking for the next.
         """
-        info = self.tensors[key]
-        if key in self._torch:
-            flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
-            for start in range(0, info.nbytes, chunk_bytes):
-                yield flat[start : start + chunk_bytes].numpy().tobytes()
-            return
-        if self._remote is not None:
-            yield from self._remote.iter_range(info.file, info.offset, info.nbytes, chunk_bytes)
-            return
-        buffer = bytearray(min(chunk_bytes, max(info.nbytes, 1)))
-        view = memoryview(buffer)
-        with open(self.root / info.file, "rb") as f:
-            f.seek(cast(int, info.offset))  # set for every safetensors tensor
-            remaining = info.nbytes
-            while remaining:
-                want = min(remaining, len(buffer))
-                got = 0
-                while got < want:
-                    n = f.readinto(view[got:want])
-                    if not n:
-                        raise CorruptFileError(f"{self.root / info.file}: truncated while reading {key!r}")
-                    got += n
-                remaining -= want
-                yield buffer if want == len(buffer) else buffer[:want]
-
-    def add_safetensors_header(self, name: str, header: SafetensorsHeader, where: str) -> None:
-        """Record the tensors of one safetensors file (local or remote) named `name`."""
-        if len(self.tensors) + len(header.tensors) > MAX_TENSORS:
-            raise CorruptFileError(f"{where}: the checkpoint holds over {MAX_TENSORS} tensors, far more than "
-                                   "any real model; refusing it")
-        self.file_sizes[name] = header.data_start + header.data_size
-        clash = self.tensors.keys() & header.tensors.keys()
-        if clash:
-            key = min(clash)
-            raise CorruptFileError(f"{where}: key {key!r} is also stored in {self.tensors[key].file}")
-        new, start = tuple.__new__, header.data_start  # tuple.__new__: no per-entry Python frame (90k entries)
-        for key, (dtype, shape, begin, end) in header.tensors.items():
-            self.tensors[key] = new(StoredTensor, (key, dtype, shape, end - begin, name, (name, begin, end),
-                                                   start + begin))
-        self.files.append(name)
-        self.file_metadata[name] = header.metadata
-        for dropped, kept in header.metadata.items():
-            # safetensors' save_model and tieconv.save record dropped shared names as `dropped -> kept`
-            if dropped not in header.tensors and kept in header.tensors:
-                self.aliases[dropped] = kept
-
-    def check_torch_loadable(self) -> None:
-        """Refuse what cannot become torch tensors as stored (for `load_state_dict`), naming the file."""
-        if self.layout == "gguf":
-            raise UnsupportedCheckpointError(
-                f"{self.path}: GGUF tensors are llama.cpp types (often quantized), not torch tensors; "
-                "load_state_dict reads safetensors and torch checkpoints (inspect, tie and untie read GGUF)")
-        for t in self.tensors.values():
-            if t.key not in self._torch and t.dtype not in TORCH_DTYPE_OF:
-                raise UnsupportedCheckpointError(
-                    f"{self.root / t.file}: tensor {t.key!r} is stored as {t.dtype}, which torch has no dtype for; "
-                    "load it with a library that reads that format")
+        return self.tensors.file_of(key).iter_bytes(self.tensors[key], chunk_bytes)
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """`length` stored bytes of `key` from byte `start` (for sampled verification)."""
         info = self.tensors[key]
-        length = max(0, min(length, info.nbytes - start))
-        if key in self._torch:
-            flat = self._torch[key].contiguous().reshape(-1).view(_torch().uint8)
-            return cast(bytes, flat[start : start + length].numpy().tobytes())
-        if self._remote is not None:
-            return cast(bytes, self._remote.read(info.file, cast(int, info.offset) + start, length))
-        with open(self.root / info.file, "rb") as f:
-            return os.pread(f.fileno(), length, cast(int, info.offset) + start)
+        return self.tensors.file_of(key).read_range(info, start, max(0, min(length, info.nbytes - start)))
 
     def load_tensor(self, key: str) -> Any:
         """Return `key` as a torch tensor (memory-mapped where the format allows)."""
-        if key in self._torch:
-            return self._torch[key]
-        if self.layout == "gguf":
-            from . import gguf_file
+        return self.tensors.file_of(key).load_tensor(self.tensors[key])
 
-            return gguf_file.load_tensor(self.root / self.files[0], key)
-        if self._remote is not None:
-            torch = _torch()
-            info = self.tensors[key]
-            dtype = getattr(torch, TORCH_DTYPE_OF[info.dtype])
-            data = bytearray(b"".join(self.iter_bytes(key)))
-            return torch.frombuffer(data, dtype=dtype).reshape(info.shape) if data else torch.empty(info.shape, dtype=dtype)
-        from safetensors import safe_open
+    def load_all(self) -> dict[str, Any]:
+        """Every stored tensor as a torch tensor, each file opened once."""
+        out: dict[str, Any] = {}
+        for backend in self.backends.values():
+            out.update(backend.load_all())
+        return out
 
-        info = self.tensors[key]
-        with safe_open(str(self.root / info.file), framework="pt") as f:
-            return f.get_tensor(key)
+    def streams_values(self, key: str) -> bool:
+        """True when `iter_bytes(key)` reads values of a torch dtype as stored, without loading the tensor."""
+        return self.tensors.file_of(key).streams_values
+
+    def torch_object(self) -> Any:
+        """Everything the one torch file of a `torch-file` checkpoint holds (a training checkpoint's dict,
+        say), kept memory-mapped; None for other layouts."""
+        backend = self.backends.get(self.files[0]) if self.layout == "torch-file" else None
+        return backend.obj if isinstance(backend, TorchPickle) else None
+
+    def totals(self) -> tuple[int, int, int]:
+        """(stored parameters, parameters of distinct storage, bytes of distinct storage), summed per file."""
+        stored = unique = nbytes = 0
+        for backend in self.backends.values():
+            s, u, b = backend.totals()
+            stored, unique, nbytes = stored + s, unique + u, nbytes + b
+        return stored, unique, nbytes
+
+    def check_torch_loadable(self) -> None:
+        """Refuse what cannot become torch tensors as stored (for `load_state_dict`), naming the file."""
+        for backend in self.backends.values():
+            backend.check_torch_loadable(str(self.path))
 
 
-def _torch() -> Any:
-    import torch
-
-    return torch
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large index is read: the objects made (header columns,
+    the key table) all stay alive, and the collector, run every few hundred allocations, would walk them
+    again and again.  They hold strings, ints and tuples: no cycles to collect."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES,
@@ -203,29 +186,48 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES,
         raise CorruptFileError(f"{path}: {what} is not valid JSON{where}; fix or re-download it") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    _check_json_shape(doc, path, what, max_values)
+    _check_json_shape(doc, path, what, max_values, raw)
     return doc
 
 
-def _check_json_shape(doc: Any, path: Path, what: str, max_values: int | None) -> None:
-    stack = [(doc, 1)]
-    values = 0
+def _check_json_shape(doc: Any, path: Path, what: str, max_values: int | None, raw: bytes | None = None) -> None:
+    """Depth, value count and string checks of a parsed JSON document.
+
+    Written for a 9 MB index (90k keys) as much as for a config: only containers are walked in
+    Python; their leaves are counted with len() and typed with set(map(type, ...)), both in C.
+    A lone surrogate can only come from a `\\uD800`-`\\uDFFF` escape (the UTF-8 decoder refuses encoded
+    surrogates), so when `raw`, the document's bytes, holds no such escape the strings are not looked at.
+    """
+    check_strings = raw is None or _SURROGATE_ESCAPE.search(raw) is not None
+    if check_strings and isinstance(doc, str):
+        _check_string(doc, path, what)
+    values = 1
+    stack = [(doc, 1)] if isinstance(doc, (dict, list)) else []
     while stack:
         value, depth = stack.pop()
-        values += 1
-        if depth > MAX_JSON_DEPTH:
+        if not value:
+            continue
+        items = list(value.values()) if isinstance(value, dict) else value
+        if depth + 1 > MAX_JSON_DEPTH:
             raise CorruptFileError(f"{path}: {what} nests deeper than {MAX_JSON_DEPTH} levels; refusing it")
+        values += len(items)
         if max_values is not None and values > max_values:
             raise CorruptFileError(f"{path}: {what} holds over {max_values} values, far more than a real one; "
                                    "refusing it")
-        if isinstance(value, dict):
-            for key, item in value.items():
-                _check_string(key, path, what)
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str):
-            _check_string(value, path, what)
+        kinds = set(map(type, items))
+        if check_strings:
+            if isinstance(value, dict):
+                for key in value:
+                    _check_string(key, path, what)
+            if str in kinds:
+                for item in items:
+                    if type(item) is str:
+                        _check_string(item, path, what)
+        if dict in kinds or list in kinds:
+            stack.extend((item, depth + 1) for item in items if type(item) in (dict, list))
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")  # may match an escaped backslash too: then we look closer
 
 
 def _check_string(value: str, path: Path, what: str) -> None:
@@ -278,22 +280,31 @@ def safe_member(root: Path, name: str, what: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- safetensors
+# ---------------------------------------------------------------- weight files: the backend of each format
 
 
-def _add_safetensors_file(ckpt: Checkpoint, name: str, expected: set[str] | None = None) -> None:
-    path = safe_member(ckpt.root, name, "the index")
+def read_weight_file(ckpt: Checkpoint, name: str, path: Path | None = None) -> TensorFile:
+    """Read the weight file `name` of `ckpt` with the backend of its format and add it (`path`: already
+    validated by `safe_member`).  The one place that maps a file name to a format."""
+    path = path or safe_member(ckpt.root, name, "the index")
     if not path.is_file():
         raise InputError(f"{path}: shard named by the index is missing; re-download the checkpoint")
-    header = read_header(path)
-    if expected is not None:
-        missing = expected - header.tensors.keys()
-        if missing:
-            raise CorruptFileError(
-                f"{path}: the index maps {len(missing)} key(s) to this shard that it does not hold, "
-                f"e.g. {sorted(missing)[0]!r}"
-            )
-    ckpt.add_safetensors_header(name, header, str(path))
+    backend: TensorFile
+    if name.endswith(".safetensors"):
+        backend = SafetensorsFile(name, path, read_header(path))
+    elif name.endswith(TORCH_SUFFIXES):
+        backend = TorchPickle(name, path, ckpt.notes)
+    elif name.endswith(".gguf"):
+        from .gguf_file import GGUFFile
+
+        backend = GGUFFile(name, path)
+    else:
+        raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth, .gguf or a model folder")
+    ckpt.add_file(backend, str(path))
+    return backend
+
+
+# ---------------------------------------------------------------- indexes
 
 
 def read_index_doc(root: Path, name: str) -> Any:
@@ -301,140 +312,42 @@ def read_index_doc(root: Path, name: str) -> Any:
     return read_member_json(root, name, "index", max_bytes=MAX_INDEX_BYTES, max_values=None)
 
 
-def _read_index(root: Path, name: str) -> dict[str, list[str]]:
+def _read_index(root: Path, name: str) -> tuple[dict[str, str], dict[str, Path], dict[str, str]]:
+    """The index's weight map, its shards (name -> validated path) in order of first mention, and the string
+    pairs of its metadata."""
     where = root / name
     doc = read_index_doc(root, name)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    # set(map(type, ...)) runs in C: the 90k values of DeepSeek-V3's index cost no Python loop
+    if not isinstance(weight_map, dict) or not set(map(type, weight_map.values())) <= {str}:
         raise CorruptFileError(f"{where}: index has no valid weight_map; re-download the checkpoint")
     if len(weight_map) > MAX_TENSORS:
         raise CorruptFileError(f"{where}: index names {len(weight_map)} tensors, over the limit of {MAX_TENSORS}")
-    by_file: dict[str, list[str]] = {}
+    shards = list(dict.fromkeys(weight_map.values()))
+    if len(shards) > MAX_SHARDS:
+        raise CorruptFileError(f"{where}: index names {len(shards)} shards, over the limit of {MAX_SHARDS}")
+    # validate every name before opening any: once per shard, not per tensor
+    paths = {shard: safe_member(root, shard, f"index {name}") for shard in shards}
+    metadata = doc.get("metadata")
+    # the string pairs only (`total_size` is a number): what names dropped shared tensors
+    pairs = {k: v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
+    return weight_map, paths, pairs
+
+
+def check_index_holds(ckpt: Checkpoint, weight_map: dict[str, str], where: str) -> None:
+    """Refuse an index that maps a key to a shard not holding it (`where`: the folder or repo, for errors)."""
+    stored_in: dict[str, str] = {}
+    for backend in ckpt.backends.values():
+        stored_in.update(dict.fromkeys(backend.keys(), backend.name))  # in C: 90k keys cost no Python loop
+    if weight_map.items() <= stored_in.items():  # a set comparison of the two item views, in C
+        return
+    missing: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
-        by_file.setdefault(shard, []).append(key)
-    if len(by_file) > MAX_SHARDS:
-        raise CorruptFileError(f"{where}: index names {len(by_file)} shards, over the limit of {MAX_SHARDS}")
-    for shard in by_file:  # validate every name before opening any: once per shard, not per tensor
-        safe_member(root, shard, f"index {name}")
-    return by_file
-
-
-# ---------------------------------------------------------------- pickles
-
-_TORCH_DTYPES = {
-    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int8": "I8", "uint8": "U8",
-    "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL", "uint16": "U16", "uint32": "U32",
-    "uint64": "U64", "complex64": "C64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
-}
-
-
-TORCH_DTYPE_OF = {v: k for k, v in _TORCH_DTYPES.items()}  # safetensors name -> torch attribute
-
-
-def torch_dtype_name(dtype: object) -> str:
-    name = str(dtype).removeprefix("torch.")
-    return _TORCH_DTYPES.get(name, name.upper())
-
-
-def load_pickle(path: Path, notes: list[str] | None = None) -> Any:
-    """`torch.load` with `weights_only=True`, memory-mapped when the file is a zip archive."""
-    import pickle
-    import zipfile
-
-    from .pickle_scan import check_torch_file
-
-    check_torch_file(path)  # before importing torch: a refusal costs milliseconds
-    torch = _torch()
-    mmap = zipfile.is_zipfile(path)
-    if not mmap and notes is not None:
-        notes.append(f"{path.name} is a legacy (non-zip) pickle: read whole into memory, it cannot be memory-mapped")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        # torch's weights-only unpickler raises UnpicklingError both for globals it will not
-        # import (code) and for opcodes it does not know (garbage); only the former is "unsafe"
-        if "global" in str(exc).lower():
-            raise UnsafePickleError(
-                f"{path}: refused: this pickle needs arbitrary code to load, which tieconv never runs "
-                f"({_unsafe_detail(str(exc))}); ask for a safetensors file"
-            ) from None
-        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({first})") from None
-    except Exception as exc:  # noqa: BLE001 - anything torch raises on a hostile file is bad input
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"{path}: not a readable torch checkpoint ({detail[:200]})") from None
-
-
-def _unsafe_detail(message: str) -> str:
-    for line in message.splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip()[:200]
-    return "unsupported global"
-
-
-def _find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], str]:
-    torch = _torch()
-
-    def tensors_of(d: dict[Any, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-    if isinstance(obj, dict):
-        found = tensors_of(obj)
-        if found and len(found) >= len(obj) / 2:
-            return found, ""
-        for key in NESTED_STATE_DICT_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, dict) and tensors_of(inner):
-                return tensors_of(inner), key
-        if found:
-            return found, ""
-    raise InputError(f"{path}: holds no state dict of tensors (looked at the top level and {NESTED_STATE_DICT_KEYS})")
-
-
-EXPANDED_VIEW_BYTES = 16 << 20  # a broadcast view may claim more than its storage, up to this much
-
-
-def _check_plain_tensor(path: Path, key: str, t: Any) -> None:
-    """Refuse tensors tieconv cannot stream as bytes, before anything asks for their size or bytes.
-
-    A view with stride 0 claims more elements than its storage holds (a 2 KB file can claim 4 TiB):
-    materialising it to learn or copy its bytes would allocate all of them.
-    """
-    torch = _torch()
-    kind = ("sparse" if t.layout != torch.strided else "nested" if t.is_nested
-            else "quantized" if t.is_quantized else f"on the {t.device.type} device" if t.device.type != "cpu" else "")
-    if kind:
-        raise UnsupportedCheckpointError(f"{path}: tensor {key!r} is {kind}; tieconv reads plain dense CPU tensors "
-                                         "(save it with .to_dense() / .cpu() / real values)")
-    claimed = t.numel() * t.element_size()
-    held = t.untyped_storage().nbytes()
-    if claimed > max(held, EXPANDED_VIEW_BYTES):
-        raise CorruptFileError(f"{path}: tensor {key!r} claims {claimed} bytes over a storage of {held} "
-                               "(a stride-0 or overlapping view); refusing to materialise it")
-
-
-def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
-    path = safe_member(ckpt.root, name, "the index")
-    if not path.is_file():
-        raise InputError(f"{path}: shard named by the index is missing; re-download the checkpoint")
-    obj = load_pickle(path, ckpt.notes)
-    ckpt._pickles[name] = obj  # kept (memory-mapped) so a conversion can rewrite the wrapper without a reload
-    state_dict, nested = _find_state_dict(obj, path)
-    if nested:
-        ckpt.notes.append(f"{name}: state dict read from the training checkpoint's {nested!r} entry")
-    if len(ckpt.tensors) + len(state_dict) > MAX_TENSORS:
-        raise CorruptFileError(f"{path}: the checkpoint holds over {MAX_TENSORS} tensors; refusing it")
-    for key, t in state_dict.items():
-        if key in ckpt.tensors:
-            raise CorruptFileError(f"{path}: key {key!r} is also stored in {ckpt.tensors[key].file}")
-        _check_plain_tensor(path, key, t)
-        storage = (name, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.stride()), tuple(t.shape))
-        ckpt.tensors[key] = StoredTensor(
-            key, torch_dtype_name(t.dtype), tuple(t.shape), t.numel() * t.element_size(), name, storage
-        )
-        ckpt._torch[key] = t
-    ckpt.files.append(name)
+        if stored_in.get(key) != shard:
+            missing.setdefault(shard, []).append(key)
+    shard, keys = next(iter(missing.items()))
+    raise CorruptFileError(f"{where}/{shard}: the index maps {len(keys)} key(s) to this shard that it does not hold, "
+                           f"e.g. {min(keys)!r}")
 
 
 # ---------------------------------------------------------------- entry point
@@ -442,6 +355,10 @@ def _add_torch_file(ckpt: Checkpoint, name: str) -> None:
 _NAME = re.compile(r"[\w.\-/~]+")  # a repo id or a path, as PEFT writes base_model_name_or_path
 
 LOOKED_FOR = (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, BIN_INDEX, BIN_SINGLE, "a single *.safetensors / *.bin / *.pt / *.pth")
+HF_LAYOUTS = (  # (file, layout): the first present wins, as transformers' from_pretrained looks
+    (SAFETENSORS_INDEX, "hf-safetensors-sharded"), (SAFETENSORS_SINGLE, "hf-safetensors"),
+    (BIN_INDEX, "hf-bin-sharded"), (BIN_SINGLE, "hf-bin"),
+)
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -468,110 +385,150 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _open_file(path: Path) -> Checkpoint:
-    root = path.parent
-    name = path.name
+    root, name = path.parent, path.name
     if name.endswith(".safetensors"):
-        ckpt = Checkpoint(path, root, "safetensors-file", [], {})
-        _add_safetensors_file(ckpt, name)
-        return ckpt
-    if name.endswith(TORCH_SUFFIXES):
-        ckpt = Checkpoint(path, root, "torch-file", [], {})
+        ckpt = Checkpoint(path, root, "safetensors-file")
+        read_weight_file(ckpt, name)
+    elif name.endswith(TORCH_SUFFIXES):
+        ckpt = Checkpoint(path, root, "torch-file")
         params = root / "params.json"
         if params.is_file():  # read later; a link out of the folder is refused before anything is loaded
             safe_member(root, "params.json", "folder")
-        _add_torch_file(ckpt, name)
+        read_weight_file(ckpt, name)
         if params.is_file():
             ckpt.config_file = "params.json"
             ckpt.notes.append("params.json found beside the file (Meta/TorchChat layout)")
-        return ckpt
-    if name.endswith(".gguf"):
+    elif name.endswith(".gguf"):
         from . import gguf_file
 
-        ckpt = Checkpoint(path, root, "gguf", [name], {})
-        for key, dtype, shape, nbytes, offset in gguf_file.read_tensors(path):
-            if key in ckpt.tensors:
-                raise CorruptFileError(f"{path}: tensor {key!r} appears twice")
-            ckpt.tensors[key] = StoredTensor(key, dtype, shape, nbytes, name, (name, offset), offset)
+        ckpt = Checkpoint(path, root, "gguf")
+        read_weight_file(ckpt, name)
         ckpt.notes.append("GGUF carries no tie flag: llama.cpp uses token_embd.weight when output.weight is absent")
         rule = gguf_file.llama_cpp_head_rule(gguf_file.architecture(path))
         if rule:
             ckpt.notes.append(f"except here: {rule}; keep output.weight")
-        return ckpt
-    raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth, .gguf or a model folder")
+    else:
+        raise InputError(f"{path}: unknown file type; expected .safetensors, .bin, .pt, .pth, .gguf or a model folder")
+    ckpt.record_aliases(ckpt.backends[name].metadata)
+    return ckpt
 
 
 def _open_folder(root: Path, _inside_modules: bool = False) -> Checkpoint:
-    if (root / "adapter_config.json").is_file() and not any(
-        (root / n).is_file() for n in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX, BIN_SINGLE, BIN_INDEX)
-    ):
-        adapter = read_member_json(root, "adapter_config.json", "adapter config")
-        base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
-        # the base model is named only when it looks like a repo id or a path: never quote other content
-        named = isinstance(base, str) and len(base) <= 200 and _NAME.fullmatch(base)
-        raise UnsupportedCheckpointError(
-            f"{root}: is a PEFT adapter, which holds no full embedding or head; inspect the base model"
-            + (f" ({base})" if named else "")
-            + " or merge the adapter first"
-        )
-    config = None
-    config_file = None
-    if (root / "config.json").is_file():
-        config_file = "config.json"
-        config = read_member_json(root, "config.json", "config")
-        if not isinstance(config, dict):
-            raise CorruptFileError(f"{root / 'config.json'}: config is not a JSON object")
+    """A model folder: transformers' layouts first, then a sentence-transformers module, then one lone file."""
+    _refuse_peft_adapter(root)
+    config, config_file = _read_config(root)
+    for name, layout in HF_LAYOUTS:
+        if (root / name).is_file():
+            ckpt = Checkpoint(root, root, layout, config, config_file)
+            if name.endswith(".index.json"):
+                _read_sharded(ckpt, name)
+            else:
+                read_weight_file(ckpt, name)
+                ckpt.record_aliases(ckpt.backends[name].metadata)
+            return ckpt
+    if not _inside_modules:
+        inner = _open_sentence_transformers_module(root)
+        if inner is not None:
+            return inner
+    return _open_lone_weight_file(root)
 
-    def make(layout: str) -> Checkpoint:
-        return Checkpoint(root, root, layout, [], {}, config, config_file)
 
-    if (root / SAFETENSORS_INDEX).is_file():
-        ckpt = make("hf-safetensors-sharded")
-        for shard, keys in _read_index(root, SAFETENSORS_INDEX).items():
-            _add_safetensors_file(ckpt, shard, set(keys))
-        return ckpt
-    if (root / SAFETENSORS_SINGLE).is_file():
-        ckpt = make("hf-safetensors")
-        _add_safetensors_file(ckpt, SAFETENSORS_SINGLE)
-        return ckpt
-    if (root / BIN_INDEX).is_file():
-        ckpt = make("hf-bin-sharded")
-        for shard, keys in _read_index(root, BIN_INDEX).items():
-            _add_torch_file(ckpt, shard)
-            missing = set(keys) - ckpt.tensors.keys()
-            if missing:
-                raise CorruptFileError(
-                    f"{root / shard}: the index maps key {sorted(missing)[0]!r} to this shard, which does not hold it"
-                )
-        return ckpt
-    if (root / BIN_SINGLE).is_file():
-        ckpt = make("hf-bin")
-        _add_torch_file(ckpt, BIN_SINGLE)
-        return ckpt
-    # Sentence-transformers: the transformer module may live in a subfolder named by modules.json.
-    if (root / "modules.json").is_file() and not _inside_modules:
-        modules = read_member_json(root, "modules.json", "modules.json")
-        for module in modules if isinstance(modules, list) else []:
-            sub = module.get("path") if isinstance(module, dict) else None
-            if not isinstance(sub, str) or not sub:
-                continue
-            folder = safe_member(root, sub, "modules.json")  # before any look at the disk
-            if (folder / "config.json").is_file():
-                if folder.resolve() == root.resolve():
-                    continue  # a module at "." is the folder itself, already looked at above
-                inner = _open_folder(folder, _inside_modules=True)
-                inner.path = root
-                inner.notes.append(f"sentence-transformers folder: model read from {sub}/")
-                return inner
-    # Meta / TorchChat / nanoGPT: one .pth / .pt file in the folder.
+def _refuse_peft_adapter(root: Path) -> None:
+    """A PEFT adapter folder (adapter_config.json, no full weights) holds no full embedding or head."""
+    if not (root / "adapter_config.json").is_file() or any((root / n).is_file() for n, _ in HF_LAYOUTS):
+        return
+    adapter = read_member_json(root, "adapter_config.json", "adapter config")
+    base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+    # the base model is named only when it looks like a repo id or a path: never quote other content
+    named = isinstance(base, str) and len(base) <= 200 and _NAME.fullmatch(base)
+    raise UnsupportedCheckpointError(
+        f"{root}: is a PEFT adapter, which holds no full embedding or head; inspect the base model"
+        + (f" ({base})" if named else "")
+        + " or merge the adapter first"
+    )
+
+
+def _read_config(root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """config.json as a dict and its name, or (None, None) when the folder has none."""
+    if not (root / "config.json").is_file():
+        return None, None
+    config = read_member_json(root, "config.json", "config")
+    if not isinstance(config, dict):
+        raise CorruptFileError(f"{root / 'config.json'}: config is not a JSON object")
+    return config, "config.json"
+
+
+def _read_sharded(ckpt: Checkpoint, index_name: str) -> None:
+    """Every shard the index names, each by the backend of its format; then the index is held to them.
+
+    A large index already held to these very shards (file_cache: same index file, same shard files)
+    is not parsed again: its shard names and metadata are remembered, and checked as on the first read.
+    """
+    index_path = safe_member(ckpt.root, index_name, "index")
+    index_stat = os.stat(index_path)
+    remembered = _remembered_index(index_stat)
+    weight_map: dict[str, str] | None = None
+    if remembered is None:
+        weight_map, shards, metadata = _read_index(ckpt.root, index_name)
+    else:
+        names, metadata, verified = remembered
+        shards = {shard: safe_member(ckpt.root, shard, f"index {index_name}") for shard in names}
+    with _collector_paused():
+        for shard, path in shards.items():
+            read_weight_file(ckpt, shard, path)
+    identities = [b.identity for b in ckpt.backends.values()]
+    if remembered is not None and identities != verified:  # a shard changed since: hold the index to it again
+        weight_map = _read_index(ckpt.root, index_name)[0]
+    if weight_map is not None:
+        check_index_holds(ckpt, weight_map, str(ckpt.root))
+        if index_stat.st_size >= CACHED_INDEX_BYTES and None not in identities:
+            file_cache.store("index", index_stat, (list(shards), metadata, identities))
+    for backend in ckpt.backends.values():
+        ckpt.record_aliases(backend.metadata)
+    ckpt.record_aliases(metadata)  # huggingface_hub's sharded save records dropped names in the index only
+
+
+def _remembered_index(index_stat: os.stat_result) -> tuple[list[str], dict[str, str], list[Any]] | None:
+    """(shard names, string metadata, identities of the shards it was held to), or None."""
+    value = file_cache.load("index", index_stat)
+    try:
+        names, metadata, verified = value
+    except (TypeError, ValueError):
+        return None
+    if not (isinstance(names, list) and isinstance(metadata, dict) and isinstance(verified, list)):
+        return None
+    return names, metadata, verified
+
+
+def _open_sentence_transformers_module(root: Path) -> Checkpoint | None:
+    """Sentence-transformers: the transformer module may live in a subfolder named by modules.json."""
+    if not (root / "modules.json").is_file():
+        return None
+    modules = read_member_json(root, "modules.json", "modules.json")
+    for module in modules if isinstance(modules, list) else []:
+        sub = module.get("path") if isinstance(module, dict) else None
+        if not isinstance(sub, str) or not sub:
+            continue
+        folder = safe_member(root, sub, "modules.json")  # before any look at the disk
+        if (folder / "config.json").is_file():
+            if folder.resolve() == root.resolve():
+                continue  # a module at "." is the folder itself, already looked at
+            inner = _open_folder(folder, _inside_modules=True)
+            inner.path = root
+            inner.notes.append(f"sentence-transformers folder: model read from {sub}/")
+            return inner
+    return None
+
+
+def _open_lone_weight_file(root: Path) -> Checkpoint:
+    """Meta / TorchChat / nanoGPT: one .pth / .pt (or .safetensors / .bin) file in the folder."""
     singles = sorted(
         p.name for p in root.iterdir() if p.is_file() and p.name.endswith((".pth", ".pt", ".safetensors", ".bin"))
     )
-    if len(singles) == 1:
-        ckpt = _open_file(root / singles[0])
-        ckpt.path = root  # the user named the folder: conversions write a folder too
-        return ckpt
     if len(singles) > 1:
-        raise InputError(
-            f"{root}: holds several checkpoint files ({', '.join(singles[:4])}); name one of them"
-        )
-    raise InputError(f"{root}: no weights found (looked for {', '.join(LOOKED_FOR)})")
+        raise InputError(f"{root}: holds several checkpoint files ({', '.join(singles[:4])}); name one of them")
+    if not singles:
+        raise InputError(f"{root}: no weights found (looked for {', '.join(LOOKED_FOR)})")
+    ckpt = _open_file(root / singles[0])
+    ckpt.path = root  # the user named the folder: conversions write a folder too
+    return ckpt

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import CorruptFileError, OutputError
+from ..errors import CorruptFileError, OutputError, UnsupportedCheckpointError
+from .tensor_file import StoredTensor, TensorFile, read_file_range, stream_file_range
 
 if TYPE_CHECKING:
     import mmap
@@ -79,6 +81,42 @@ def architecture(path: Path) -> str | None:
     return None
 
 
+
+
+class GGUFFile(TensorFile):
+    """A GGUF file named `name`: llama.cpp tensor types (often quantized), read at the offsets its table gives."""
+
+    writes_as: ClassVar[str] = "gguf"
+
+    def __init__(self, name: str, path: Path) -> None:
+        super().__init__(name)
+        self.path = path
+        self._tensors: dict[str, StoredTensor] = {}
+        for key, dtype, shape, nbytes, offset in read_tensors(path):
+            if key in self._tensors:
+                raise CorruptFileError(f"{path}: tensor {key!r} appears twice")
+            self._tensors[key] = StoredTensor(key, dtype, shape, nbytes, name, (name, offset), offset)
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    @property
+    def tensors(self) -> dict[str, StoredTensor]:
+        return self._tensors
+
+    def iter_bytes(self, info: StoredTensor, chunk_bytes: int) -> Iterator[bytes | bytearray]:
+        return stream_file_range(self.path, info.offset or 0, info.nbytes, chunk_bytes, info.key)
+
+    def read_range(self, info: StoredTensor, start: int, length: int) -> bytes:
+        return read_file_range(self.path, (info.offset or 0) + start, length)
+
+    def load_tensor(self, info: StoredTensor) -> Any:
+        return load_tensor(self.path, info.key)
+
+    def check_torch_loadable(self, where: str) -> None:
+        raise UnsupportedCheckpointError(
+            f"{where}: GGUF tensors are llama.cpp types (often quantized), not torch tensors; "
+            "load_state_dict reads safetensors and torch checkpoints (inspect, tie and untie read GGUF)")
 
 
 def read_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:

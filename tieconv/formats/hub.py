@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .checkpoint import (
     BIN_INDEX,
@@ -35,10 +35,14 @@ from .checkpoint import (
     CHUNK_BYTES,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
+    TORCH_DTYPE_OF,
     Checkpoint,
+    check_index_holds,
 )
+from .safetensors_file import SafetensorsFile, _offset
+from .tensor_file import StoredTensor
 from ..errors import CorruptFileError, InputError
-from .safetensors_header import MAX_HEADER_BYTES, parse_header
+from .safetensors_header import MAX_HEADER_BYTES, SafetensorsHeader, parse_header
 
 if TYPE_CHECKING:
     from ..inspection.report import Report
@@ -84,8 +88,6 @@ def repo_ref(src: str | os.PathLike[str]) -> RepoRef | None:
     is always a repo; anything else huggingface_hub's validator accepts (`org/name`, `gpt2`) is a repo id.
     Path objects are local paths.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
-
     if not isinstance(src, str):
         return None
     text = src
@@ -97,13 +99,20 @@ def repo_ref(src: str | os.PathLike[str]) -> RepoRef | None:
         if text.lower().endswith(LOCAL_SUFFIXES):
             return None
     repo, _, revision = body.partition("@")
+    invalid = InputError(f"{text}: not a valid Hub repo id (expected hf://org/name[@revision])")
+    if repo.count("/") > 1:  # as validate_repo_id says, without importing huggingface_hub (a fifth of a second)
+        if forced:
+            raise invalid
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # type: ignore[attr-defined]
+
     try:
         validate_repo_id(repo)
         if "@" in body and not revision:
             raise HFValidationError("empty revision")
     except HFValidationError:
         if forced:
-            raise InputError(f"{text}: not a valid Hub repo id (expected hf://org/name[@revision])") from None
+            raise invalid from None
         return None
     first = text.split("/")[0]
     could_be_local = not forced and ("/" not in repo or os.path.isdir(first))
@@ -609,7 +618,7 @@ def _json(raw: bytes, where: str, max_values: int | None = -1) -> Any:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CorruptFileError(f"{where}: not valid UTF-8 JSON; fix the file on the Hub") from None
-    _check_json_shape(doc, Path(where), "JSON file", MAX_CONFIG_VALUES if max_values == -1 else max_values)
+    _check_json_shape(doc, Path(where), "JSON file", MAX_CONFIG_VALUES if max_values == -1 else max_values, raw)
     return doc
 
 
@@ -619,21 +628,45 @@ def _checkpoint_from_entry(ref: RepoRef, entry: dict[str, Any], counter: Downloa
         raise CorruptFileError(f"{ref.label}/config.json: config is not a JSON object")
     remote = RemoteFiles(ref.repo, entry["commit"], counter, list(entry.get("small_files", [])), offline=offline,
                          compared={k: v for k, v in dict(entry.get("compared") or {}).items() if isinstance(v, bool)})
-    ckpt = Checkpoint(Path(ref.text), Path(ref.repo), "hub", [], {}, config, "config.json" if config else None)
-    ckpt._remote = remote
-    index = entry.get("index")
-    expected: dict[str, set[str]] = {}
-    if index is not None:
-        for key, shard in index["weight_map"].items():
-            expected.setdefault(shard, set()).add(key)
+    ckpt = Checkpoint(Path(ref.text), Path(ref.repo), "hub", config, "config.json" if config else None, remote=remote)
     for name, header in entry["headers"].items():
-        parsed = parse_header(header["raw"].encode("utf-8"), header["size"], f"{ref.label}/{name}")
-        missing = expected.get(name, set()) - parsed.tensors.keys()
-        if missing:
-            raise CorruptFileError(f"{ref.label}/{name}: the index maps {min(missing)!r} to this shard, "
-                                   "which does not hold it")
-        ckpt.add_safetensors_header(name, parsed, f"{ref.label}/{name}")
+        where = f"{ref.label}/{name}"
+        parsed = parse_header(header["raw"].encode("utf-8"), header["size"], where)
+        ckpt.add_file(RemoteSafetensors(name, Path(where), parsed, remote), where)
+    index = entry.get("index")
+    if index is not None:
+        check_index_holds(ckpt, index["weight_map"], ref.label)
+    for backend in ckpt.backends.values():
+        ckpt.record_aliases(backend.metadata)
+    if index is not None and isinstance(index.get("metadata"), dict):
+        ckpt.record_aliases(index["metadata"])  # huggingface_hub's sharded save records dropped names here only
     return ckpt
+
+
+class RemoteSafetensors(SafetensorsFile):
+    """A safetensors file of a Hub repo: its header read over HTTP, its tensors' bytes by range requests."""
+
+    streams_values: ClassVar[bool] = True
+
+    def __init__(self, name: str, label: Path, header: SafetensorsHeader, remote: RemoteFiles) -> None:
+        super().__init__(name, label, header)
+        self.remote = remote
+
+    def iter_bytes(self, info: StoredTensor, chunk_bytes: int) -> Iterator[bytes]:
+        return self.remote.iter_range(self.name, _offset(info), info.nbytes, chunk_bytes)
+
+    def read_range(self, info: StoredTensor, start: int, length: int) -> bytes:
+        return self.remote.read(self.name, _offset(info) + start, length)
+
+    def load_tensor(self, info: StoredTensor) -> Any:
+        import torch
+
+        dtype = getattr(torch, TORCH_DTYPE_OF[info.dtype])
+        data = bytearray(b"".join(self.iter_bytes(info, CHUNK_BYTES)))
+        return torch.frombuffer(data, dtype=dtype).reshape(info.shape) if data else torch.empty(info.shape, dtype=dtype)
+
+    def load_all(self) -> dict[str, Any]:
+        return {key: self.load_tensor(info) for key, info in self.tensors.items()}
 
 
 def inspect_repo(ref: RepoRef, *, embed: str | None = None, head: str | None = None, compare: bool = True) -> Report:
@@ -648,7 +681,7 @@ def inspect_opened(ref: RepoRef, ckpt: Checkpoint, counter: DownloadCounter, *, 
     still count), as offline."""
     from ..inspection.inspector import inspect_checkpoint
 
-    remote = ckpt._remote
+    remote = ckpt.remote
     remembered = dict(remote.compared) if remote is not None else {}
     if remote is not None and header_only:
         remote.offline = True

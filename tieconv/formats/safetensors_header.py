@@ -9,13 +9,14 @@ header, validated against every rule of the format, so that every later step
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..errors import CorruptFileError
+from . import file_cache
 
 # Limits that real checkpoints never approach, checked before the JSON is parsed: the reference
 # reader allows 100 MB, but parsing that much JSON takes over a gigabyte of memory; huggingface_hub's
@@ -46,13 +47,34 @@ class HeaderEntry(NamedTuple):  # a tuple, not a dataclass: a 90k-tensor index b
         return self.end - self.begin
 
 
-@dataclass(frozen=True)
 class SafetensorsHeader:
-    path: str
-    data_start: int  # absolute offset of the data buffer in the file
-    data_size: int
-    metadata: dict[str, str] = field(default_factory=dict)
-    tensors: dict[str, HeaderEntry] = field(default_factory=dict)
+    """A validated header: where the data starts, its size, the metadata, and each tensor's entry.
+
+    The entries are kept as columns (`names`, and `columns`: dtypes, shapes, begins, ends) and become
+    the `tensors` dict of `HeaderEntry` only when asked for: a cached header of a 90k-tensor index is
+    loaded without building an object per tensor, and most shards are never asked.
+    """
+
+    def __init__(self, path: str, data_start: int, data_size: int, metadata: dict[str, str], names: list[str],
+                 columns: list[tuple[Any, ...]], numel: int, identity: tuple[int, ...] | None = None) -> None:
+        self.path = path
+        self.data_start = data_start  # absolute offset of the data buffer in the file
+        self.data_size = data_size
+        self.metadata = metadata
+        self.names = names
+        self.columns = columns
+        self.numel = numel  # elements of all tensors: a parameter count needs no pass over 90k entries
+        self.identity = identity  # of the local file it was read from (file_cache.identity), else None
+
+    @functools.cached_property
+    def tensors(self) -> dict[str, HeaderEntry]:
+        tensors = dict(zip(self.names, map(_new_entry, zip(*self.columns))))  # map() and zip(): no Python loop
+        if len(tensors) != len(self.names):
+            raise CorruptFileError(f"{self.path}: the cached header is damaged; delete tieconv's cache folder")
+        return tensors
+
+
+_new_entry = functools.partial(tuple.__new__, HeaderEntry)  # called by map(): no Python frame per entry
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -124,6 +146,7 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         raise bad("a name holds a lone UTF-16 surrogate, which no UTF-8 file can hold")
 
     tensors: dict[str, HeaderEntry] = {}
+    numel = 0
     # `type(x) is int` rejects bools (JSON true/false) as the format does; checks stay in C where they can,
     # as a 90k-tensor index runs this loop 90k times
     for name, info in doc.items():
@@ -140,7 +163,9 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int \
                 or type(offsets[1]) is not int or not 0 <= offsets[0] <= offsets[1]:
             raise bad(f"entry {_short(name)} has invalid data_offsets {_short(offsets)}")
-        bits = math.prod(shape) * dtype_bits
+        count = math.prod(shape)
+        numel += count
+        bits = count * dtype_bits
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
             raise bad(
                 f"entry {_short(name)}: {dtype} {_short(shape)} needs {bits / 8:g} bytes "
@@ -160,7 +185,10 @@ def parse_header(raw: bytes, file_size: int, path: str) -> SafetensorsHeader:
         position = entry.end
     if position != data_size:
         raise bad(f"{data_size - position} bytes after the last tensor belong to no entry")
-    return SafetensorsHeader(path, data_start, data_size, dict(metadata), tensors)
+    header = SafetensorsHeader(path, data_start, data_size, dict(metadata), list(tensors),
+                               list(zip(*tensors.values())) or [(), (), (), ()], numel)
+    header.__dict__["tensors"] = tensors  # the cached_property, already known
+    return header
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
@@ -199,59 +227,28 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     header = parse_header(raw, file_size, path)
+    header.identity = file_cache.identity(stat)
     if len(raw) >= CACHED_HEADER_BYTES:
-        _store_header(path, stat, header)
+        _store_header(stat, header)
     return header
 
 
-# A validated header, cached by the file's identity (device, inode, size, mtime and ctime in ns: ctime
-# cannot be set back by a user), so the second inspect of a 90k-tensor index reads 161 small marshal
-# files instead of parsing and validating 10 MB of JSON again (the parse, not the I/O, is what costs).
-# Only big headers are cached; a changed file misses and is parsed and validated again.
+# Only big headers are cached (file_cache): small ones parse in less time than a cache file takes to read.
 CACHED_HEADER_BYTES = 32 << 10
-_HEADER_CACHE_VERSION = 1
-
-
-def _header_cache_file(path: str) -> str:
-    import hashlib
-
-    from ..knowledge.architecture import cache_dir
-
-    digest = hashlib.sha1(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()
-    return os.path.join(cache_dir(), "headers", digest + ".marshal")
-
-
-def _identity(stat: os.stat_result) -> tuple[int, ...]:
-    return (_HEADER_CACHE_VERSION, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def _cached_header(path: str, stat: os.stat_result) -> SafetensorsHeader | None:
-    import marshal
-
+    value = file_cache.load("header", stat)
     try:
-        with open(_header_cache_file(path), "rb") as f:
-            identity, data_start, data_size, metadata, entries = marshal.loads(f.read())
-    except (OSError, ValueError, EOFError, TypeError):
+        data_start, data_size, metadata, numel, names, columns = value
+    except (TypeError, ValueError):
         return None
-    if identity != _identity(stat):
+    if len(columns) != 4 or any(len(c) != len(names) for c in columns):
         return None
-    new = tuple.__new__
-    return SafetensorsHeader(path, data_start, data_size, metadata,
-                             {e[0]: new(HeaderEntry, e[1:]) for e in entries})
+    return SafetensorsHeader(path, data_start, data_size, metadata, names, columns, numel, file_cache.identity(stat))
 
 
-def _store_header(path: str, stat: os.stat_result, header: SafetensorsHeader) -> None:
-    """Write atomically; go on silently when the cache folder is not writable."""
-    import marshal
-    import tempfile
-
-    entries = [(name, *entry) for name, entry in header.tensors.items()]
-    try:
-        target = _header_cache_file(path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".header-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(marshal.dumps((_identity(stat), header.data_start, header.data_size, header.metadata, entries)))
-        os.replace(tmp, target)
-    except (OSError, ValueError):
-        pass
+def _store_header(stat: os.stat_result, header: SafetensorsHeader) -> None:
+    # columns, which marshal loads faster than 90k small tuples and which become entries without a Python loop
+    file_cache.store("header", stat, (header.data_start, header.data_size, header.metadata, header.numel,
+                                      header.names, header.columns))

@@ -23,7 +23,7 @@ def bytes_identical(ckpt: Checkpoint, a: str, b: str, chunk_bytes: int = COMPARE
         return False
     if ta.storage == tb.storage:
         return True
-    remote: RemoteFiles | None = ckpt._remote  # a Hub repo: outcomes are remembered with its headers (offline inspects use them)
+    remote: RemoteFiles | None = ckpt.remote  # a Hub repo: outcomes are remembered with its headers (offline inspects use them)
     if remote is not None and f"{a}\n{b}" in remote.compared:
         return remote.compared[f"{a}\n{b}"]
     identical = _stream_identical(ckpt, a, b, chunk_bytes)
@@ -53,7 +53,7 @@ def _row_chunks(ckpt: Checkpoint, a: str, b: str) -> Iterator[tuple[Any, Any]]:
     matrices of different dtypes never sit whole in memory; pickles and GGUF are loaded as their format allows.
     """
     ta, tb = ckpt.tensors[a], ckpt.tensors[b]
-    streamable = ckpt.layout != "gguf" and a not in ckpt._torch and b not in ckpt._torch and len(ta.shape) >= 1
+    streamable = ckpt.streams_values(a) and ckpt.streams_values(b) and len(ta.shape) >= 1
     if not streamable:
         xa, xb = ckpt.load_tensor(a), ckpt.load_tensor(b)
         if xa.dim() == 0:

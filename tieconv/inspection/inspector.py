@@ -446,15 +446,12 @@ def _reclaimable_copies(ckpt: Checkpoint, names: Names, head_identical: bool | N
 
 
 def _parameter_counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> Parameters:
-    unique_storages = {t.storage: t for t in ckpt.tensors.values()}
-    stored = sum(t.numel for t in ckpt.tensors.values())
-    unique = sum(t.numel for t in unique_storages.values()) - sum(ckpt.tensors[k].numel for k in reclaim_keys)
-    return Parameters(stored, unique)
+    stored, unique, _ = ckpt.totals()
+    return Parameters(stored, unique - sum(ckpt.tensors[k].numel for k in reclaim_keys))
 
 
 def _byte_counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> ByteCounts:
-    unique_storages = {t.storage: t for t in ckpt.tensors.values()}
-    total = sum(t.nbytes for t in unique_storages.values())
+    _, _, total = ckpt.totals()
     return ByteCounts(total, sum(ckpt.tensors[k].nbytes for k in reclaim_keys))
 
 

@@ -133,15 +133,7 @@ def _move(state_dict: dict[str, torch.Tensor], device: str | torch.device) -> di
 
 def _read_all(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """Every stored tensor; safetensors files are opened once each and their tensors memory-mapped."""
-    state_dict = dict(ckpt._torch)
-    files = sorted({t.file for k, t in ckpt.tensors.items() if k not in state_dict})
-    if files:
-        from safetensors import safe_open
-
-        for name in files:
-            with safe_open(str(ckpt.root / name), framework="pt") as f:
-                for key in f.keys():
-                    state_dict[key] = f.get_tensor(key)
+    state_dict = ckpt.load_all()
     for dropped, kept in ckpt.aliases.items():  # `dropped -> kept` recorded by save_model / tieconv.save
         state_dict.setdefault(dropped, state_dict[kept])
     return {k: state_dict[k] for k in list(ckpt.tensors) + [a for a in ckpt.aliases if a not in ckpt.tensors]}
