@@ -496,8 +496,8 @@ def _reasons(excluded: list[dict]) -> dict[str, list[str]]:
             why = "the shrinking rule's config is refused (the default config builds)"
         else:
             why = r["status"]
-        groups.setdefault(why, []).append(r["class"])
-    return {k: sorted(set(v)) for k, v in sorted(groups.items())}
+        groups.setdefault(why, []).append(f"{r['model_type']}/{r['class']}")
+    return {k: sorted(v) for k, v in sorted(groups.items())}
 
 
 def _done_by_others(partial: Path) -> set:

@@ -268,7 +268,7 @@ def test_shrinking_keeps_what_transformers_requires_to_agree():
 @pytest.mark.parametrize("model_type,name", [
     ("inkling2", "Inkling2ForConditionalGeneration"), ("mamba2", "Mamba2ForCausalLM"),
     ("xlnet", "XLNetLMHeadModel"), ("qwen3_5", "Qwen3_5ForCausalLM"), ("esmc", "EsmcForMaskedLM"),
-    ("falcon_h1", "FalconH1ForCausalLM"),
+    ("falcon_h1", "FalconH1ForCausalLM"), ("aria", "AriaForConditionalGeneration"),
 ])
 def test_classes_the_old_rule_could_not_build_now_build(model_type, name):
     cls = getattr(transformers, name)

@@ -656,9 +656,10 @@ def _tiny_size(key: str, value: int | None) -> int | None:
 def _shrink(d: dict[str, Any]) -> dict[str, Any]:
     out = dict(d)
     old_layers = {v for k, v in d.items() if k in LAYER_KEYS and isinstance(v, int) and v > TINY_LAYERS}
+    depth = max(old_layers, default=TINY_LAYERS)
     for key, value in d.items():
-        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
-            out[key] = _per_layer_dict(value, max(old_layers, default=TINY_LAYERS))
+        if isinstance(value, dict) and value and all(str(k).isdigit() and int(k) < depth for k in value):
+            out[key] = _per_layer_dict(value, depth)  # keyed by layer index (not Aria's patches -> queries)
         elif isinstance(value, dict):
             out[key] = _shrink(value)
         elif not isinstance(key, str) or isinstance(value, bool):
@@ -740,8 +741,9 @@ def _keep_agreements(old: dict[str, Any], new: dict[str, Any], old_depth: int) -
                         container[key] = _parts(list(value), now)
                         break
     # layer counts that sum to the depth (input + recurrent + output blocks) make the new depth
-    depth_key = next((k for k in LAYER_KEYS if old.get(k) == old_depth), None) if old_depth else None
-    parts = [k for k, v in old.items() if k != depth_key and k.endswith("_layers") and k not in LAYER_KEYS
+    depth_key = next((k for k in sorted(LAYER_KEYS) if old.get(k) == old_depth), None) if old_depth else None
+    parts = [k for k, v in old.items() if k != depth_key and isinstance(k, str) and k.endswith("_layers")
+             and k not in LAYER_KEYS
              and isinstance(v, int) and not isinstance(v, bool) and v > 0]
     if depth_key and len(parts) > 1 and sum(old[k] for k in parts) == old_depth:
         for k in parts:
