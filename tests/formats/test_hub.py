@@ -331,10 +331,6 @@ def test_remote_comparison_of_different_dtypes_streams_in_bounded_memory(hub, tm
         raise AssertionError(f"{key} was loaded whole")
 
     monkeypatch.setattr(checkpoint.Checkpoint, "load_tensor", whole)
-    from tieconv.knowledge import architecture
-
-    knowledge = architecture._load_knowledge()  # 380 KB of JSON, read by every inspect: not what is measured
-    monkeypatch.setattr(architecture, "_load_knowledge", lambda: knowledge)
     tieconv.inspect("org/dtypes", compare=False)  # learning the architecture imports transformers: not measured
     tracemalloc.start()
     report = tieconv.inspect("org/dtypes")

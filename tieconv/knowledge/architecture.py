@@ -9,6 +9,7 @@ importing any config class imports torch (seconds) and most inspections need no 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -159,6 +160,7 @@ def _walk(doc: dict[str, Any]) -> Iterator[tuple[str, Any]]:
             yield from _walk(v)
 
 
+@functools.cache  # a shipped file: read once per process (380 KB; `scan` inspects many checkpoints)
 def _load_knowledge() -> dict[str, Any]:
     """The shipped entries, when they were made with the installed transformers version."""
     try:
