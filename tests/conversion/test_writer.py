@@ -272,3 +272,32 @@ def test_sync_file_range_is_reached_through_libc(tmp_path):
         assert writer._sync_file_range(r, 0, 1, writer._SYNC_WRITE) is False  # ESPIPE: nothing to write behind
     finally:
         os.close(r), os.close(w)
+
+
+def test_a_hard_link_keeps_the_header_cache_only_for_an_unchanged_file(tmp_path, monkeypatch):
+    """`tie --link`: a link changes the shard's ctime only; what was validated of it stays valid, for the
+    output's verification and for the input's next inspect. A shard changed since it was read is parsed again."""
+    from safetensors.torch import save_file
+
+    from tieconv.conversion.writer import link_or_copy
+    from tieconv.formats import safetensors_header
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src = tmp_path / "in.safetensors"
+    save_file({f"layer.{i}.weight": torch.full((2,), float(i)) for i in range(1000)}, src)  # a header over 32 kB
+    first = read_header(src)
+    parsed: list[str] = []
+    real_parse = safetensors_header.parse_header
+    monkeypatch.setattr(safetensors_header, "parse_header", lambda *a: parsed.append("x") or real_parse(*a))
+    assert link_or_copy(src, tmp_path / "out.safetensors") == "linked"
+    assert read_header(tmp_path / "out.safetensors").tensors == first.tensors
+    assert read_header(src).tensors == first.tensors
+    assert parsed == []
+    # changed after it was read (same size, new bytes): the link carries nothing over
+    with open(src, "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x00\x80\x7f")
+    os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns + 10**9))
+    assert link_or_copy(src, tmp_path / "out2.safetensors") == "linked"
+    read_header(tmp_path / "out2.safetensors")
+    assert parsed == ["x"]

@@ -196,15 +196,20 @@ def _sync_file_range(fd: int, offset: int, count: int, flags: int) -> bool:
 
 def link_or_copy(src: Path, dst: Path, expected_size: int | None = None) -> str:
     """Hard-link `src` at `dst` ("linked"), or copy it where links cannot cross filesystems ("copied")."""
-    if expected_size is not None and os.stat(src).st_size != expected_size:
-        raise OutputError(f"{src}: changed during the conversion (now {os.stat(src).st_size} bytes, "
+    before = os.stat(src)
+    if expected_size is not None and before.st_size != expected_size:
+        raise OutputError(f"{src}: changed during the conversion (now {before.st_size} bytes, "
                           f"{expected_size} when it was read); nothing was written")
     try:
         os.link(src, dst, follow_symlinks=True)
-        return "linked"
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
+    else:
+        from ..formats import file_cache
+
+        file_cache.carry_over_link("header", before, os.stat(dst))
+        return "linked"
     copy_file(src, dst, expected_size)
     return "copied"
 

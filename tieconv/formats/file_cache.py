@@ -50,3 +50,19 @@ def store(kind: str, stat: os.stat_result, value: Any) -> None:
         os.replace(tmp, target)
     except (OSError, ValueError):
         pass
+
+
+def carry_over_link(kind: str, before: os.stat_result, after: os.stat_result) -> None:
+    """Keep what was recorded of a file across the hard link tieconv just made to it (`tie --link`).
+
+    A link changes the file's ctime only, so without this every linked shard would miss the cache, in
+    the output's verification and in every later inspect of the input. Carried only when the entry
+    matches the file as it was just before the link (it has not changed since it was validated) and
+    the link changed nothing but the ctime (same inode, size and mtime).
+    """
+    if (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) != \
+            (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns):
+        return
+    value = load(kind, before)
+    if value is not None:
+        store(kind, after, value)
