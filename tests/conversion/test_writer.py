@@ -301,3 +301,38 @@ def test_a_hard_link_keeps_the_header_cache_only_for_an_unchanged_file(tmp_path,
     assert link_or_copy(src, tmp_path / "out2.safetensors") == "linked"
     read_header(tmp_path / "out2.safetensors")
     assert parsed == ["x"]
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_output_is_flushed_leaves_nothing(tmp_path, sig, code):
+    """Ctrl-C or SIGTERM during the fsync pass (before the swap): OUT untouched, the temporary removed."""
+    script = r"""
+import os, signal, sys
+import tieconv.conversion.writer as writer
+real, SIG = writer.fsync_tree, getattr(signal, sys.argv[3])
+def interrupted(root):
+    os.kill(os.getpid(), SIG)
+    return real(root)
+writer.fsync_tree = interrupted
+from tieconv.cli import main
+sys.argv = ["tieconv", "untie", sys.argv[1], sys.argv[2]]
+main()
+"""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", script, str(FIXTURES / "llama-tied"), str(out), sig],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == code, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_rename_during_the_swap_is_an_output_error(tmp_path, monkeypatch):
+    from tieconv.conversion import writer
+    from tieconv.errors import OutputError
+
+    def failing(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer.OutputFolder, "_swap_into_place", failing)
+    with pytest.raises(OutputError, match="could not be put in place .Input/output error"):
+        tieconv.tie(FIXTURES / "llama-duplicated", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

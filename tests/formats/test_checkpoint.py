@@ -163,3 +163,42 @@ def test_range_reads_keep_a_bounded_number_of_files_open(tmp_path):
     del ckpt
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_cache_entry_someone_else_could_have_written_is_ignored(tmp_path, monkeypatch):
+    """A cached header decides which bytes are read (and the verification reads through the same cache):
+    an entry in a folder others may write, writable by others, owned by another user, or not a regular
+    file is never used (a FIFO is not even opened for reading, so nothing hangs)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "big.safetensors"
+    save_file({f"layer.{i}.weight": torch.full((2,), float(i)) for i in range(1000)}, path)  # header > 32 kB
+    safetensors_header.read_header(path)
+    headers = tmp_path / "cache" / "tieconv" / "headers"
+    assert os.stat(headers).st_mode & 0o777 == 0o700
+    parsed: list[int] = []
+    real_parse = safetensors_header.parse_header
+    monkeypatch.setattr(safetensors_header, "parse_header", lambda *a: parsed.append(1) or real_parse(*a))
+
+    def read() -> int:
+        safetensors_header.read_header(path)
+        return len(parsed)
+
+    def entry():
+        (only,) = headers.iterdir()
+        return only
+
+    assert read() == 0  # our own private entry is used
+    os.chmod(headers, 0o777)
+    assert read() == 1
+    os.chmod(headers, 0o700)
+    os.chmod(entry(), 0o666)
+    assert read() == 2
+    if os.getuid() == 0:
+        os.chown(entry(), 65534, -1)
+        assert read() == 3
+    before = len(parsed)
+    fifo = entry()
+    fifo.unlink()
+    os.mkfifo(fifo)
+    assert read() == before + 1  # parsed again, and returned: the FIFO was not opened to read
+    assert read() == before + 1  # the rewritten entry is ours again, and used

@@ -351,6 +351,10 @@ class OutputFolder:
             self._finish(type(failed), failed)  # removes the temporary; ENOSPC is said as such
             raise OutputError(f"{self.final}: the disk could not store the output ({failed.strerror or failed}); "
                               "nothing was written") from None
+        except BaseException:  # Ctrl-C or SIGTERM while the output is flushed: OUT untouched, nothing left
+            _remove(self.tmp)
+            _remove(self.record)
+            raise
         try:
             with _signals_held() as held:
                 self._swap_into_place()
@@ -358,6 +362,9 @@ class OutputFolder:
             _remove(self.tmp)
             _remove(self.record)
             raise
+        except OSError as failed:  # EIO on a rename, say: the record lets the next run restore or clean up
+            raise OutputError(f"{self.final}: the output could not be put in place ({failed.strerror or failed}); "
+                              f"run tieconv into {self.final} again to restore or clean up what is left") from None
         self.interrupted_after_swap = held.arrived
 
     def _swap_into_place(self) -> None:
@@ -427,8 +434,10 @@ def _signals_held() -> Iterator[_Held]:
     def note(signum: int, frame: object) -> None:
         held.arrived = True
 
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[signal.Signals, Any] = {}
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # one by one inside the try: each installed one is restored
+            previous[sig] = signal.signal(sig, note)
         yield held
     finally:
         for sig, handler in previous.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import marshal
 import os
+from stat import S_ISREG
 import tempfile
 from typing import Any
 
@@ -29,12 +30,45 @@ def _cache_file(kind: str, stat: os.stat_result) -> str:
     return os.path.join(cache_dir(), "headers", f"{kind}-{stat.st_dev:x}-{stat.st_ino:x}.marshal")
 
 
-def load(kind: str, stat: os.stat_result) -> Any:
-    """What `store` recorded of the file with `stat` as `kind`, or None (absent, changed, damaged)."""
+def _private(st: os.stat_result) -> bool:
+    """Written by this user alone: owned by them and writable by nobody else."""
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def read_private(path: str | os.PathLike[str]) -> bytes | None:
+    """The bytes of a cache file only this user could have written, else None.
+
+    A cache entry is trusted (a header's offsets decide which bytes are read, and the verification
+    reads through the same cache), so an entry someone else could plant — a shared or group-writable
+    cache folder, a file owned by another user, a FIFO or a link — is ignored, never opened for reading.
+    """
+    folder = os.path.dirname(os.fspath(path))
     try:
-        with open(_cache_file(kind, stat), "rb") as f:
-            recorded, value = marshal.loads(f.read())
-    except (OSError, ValueError, EOFError, TypeError):
+        if not _private(os.stat(folder)):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not S_ISREG(st.st_mode) or not _private(st):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def load(kind: str, stat: os.stat_result) -> Any:
+    """What `store` recorded of the file with `stat` as `kind`, or None (absent, changed, damaged, foreign)."""
+    data = read_private(_cache_file(kind, stat))
+    if data is None:
+        return None
+    try:
+        recorded, value = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
         return None
     return value if recorded == identity(stat) else None
 
@@ -43,7 +77,7 @@ def store(kind: str, stat: os.stat_result, value: Any) -> None:
     """Record `value` (builtins only) for the file with `stat`, atomically."""
     try:
         target = _cache_file(kind, stat)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{kind}-", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(marshal.dumps((identity(stat), value)))

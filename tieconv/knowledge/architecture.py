@@ -176,19 +176,21 @@ def _load_knowledge() -> dict[str, Any]:
 
 
 def _load_cache() -> dict[str, Any]:
+    from ..formats.file_cache import read_private
+
+    raw = read_private(_cache_file())  # what was learned decides the tie map: never trust a planted file
     try:
-        with open(_cache_file(), encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        data = json.loads(raw) if raw is not None else {}
+    except ValueError:
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _store_cache(key: str, entry: dict[str, Any] | str) -> None:
     """Write atomically; go on silently when the cache folder is not writable."""
     try:
         folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = _load_cache()
         data[key] = entry
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".arch-", suffix=".tmp")
