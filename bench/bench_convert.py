@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inspect import make_checkpoint  # noqa: E402
+from bench_inspect import make_checkpoint, measure_as_installed  # noqa: E402
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
@@ -52,6 +52,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
 
 
 def main() -> None:
+    measure_as_installed()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
     parser.add_argument("--repeat", type=int, default=3)
@@ -65,9 +66,6 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     env = {**os.environ, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="tieconv-bench-cache-")}
-    # measured as installed: pip compiles bytecode at install time, and with PYTHONDONTWRITEBYTECODE (set in
-    # some environments) every run would compile every tieconv module from source, 0.1-0.4 s here
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     tieconv = [sys.executable, "-m", "tieconv.cli", "tie", str(src)]
     commands = [("cp", ["cp", "-r", str(src), str(work / "cp")]),
                 # tieconv fsyncs its output before putting it in place: the durable reference

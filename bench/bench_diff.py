@@ -22,14 +22,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inspect import make_checkpoint, measure
+from bench_inspect import make_checkpoint, measure, measure_as_installed
 
 
-# measured as installed: pip compiles bytecode at install time, and with PYTHONDONTWRITEBYTECODE (set in
-# some environments) every run would compile every tieconv module from source, 0.1-0.4 s here
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 def main() -> None:
+    measure_as_installed()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
     parser.add_argument("--repeat", type=int, default=3)

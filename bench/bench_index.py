@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_inspect import measure_as_installed  # bench/ is on sys.path when run as a script
+
 VOCAB, HIDDEN, LAYERS, DENSE_LAYERS, EXPERTS, MOE_INTER, INTER, SHARDS = 129280, 7168, 61, 3, 256, 2048, 18432, 161
 Q_LORA, KV_LORA, HEADS, QK_HEAD, V_HEAD, ROPE = 1536, 512, 128, 192, 128, 64
 
@@ -216,11 +218,9 @@ def cold_start(label: str, folder: Path, repeat: int) -> None:
           f"verdict {verdict}, imported torch: {torch_in}, transformers: {tf_in}")
 
 
-# measured as installed: pip compiles bytecode at install time, and with PYTHONDONTWRITEBYTECODE (set in
-# some environments) every run would compile every tieconv module from source, 0.1-0.4 s here
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 def main() -> int:
+    measure_as_installed()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="bench/out/deepseek-v3-shape")
     ap.add_argument("--repeat", type=int, default=3)

@@ -102,11 +102,15 @@ def byte_range(folder: Path, key: str) -> tuple[Path, int, int]:
     return folder / t.file, t.offset, t.nbytes
 
 
-# measured as installed: pip compiles bytecode at install time, and with PYTHONDONTWRITEBYTECODE (set in
-# some environments) every run would compile every tieconv module from source, 0.1-0.4 s here
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+def measure_as_installed() -> None:
+    """Time tieconv as an installed copy runs: pip compiles bytecode at install time, and with
+    PYTHONDONTWRITEBYTECODE (set in some environments) every run would compile every tieconv module from
+    source, 0.1-0.4 s here. The benchmarks' child processes inherit this environment."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def main() -> None:
+    measure_as_installed()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
     parser.add_argument("--repeat", type=int, default=3)

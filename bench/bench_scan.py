@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_inspect import measure_as_installed  # bench/ is on sys.path when run as a script
+
 VOCAB, HIDDEN, LAYERS, INTER = 32000, 768, 12, 2048
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,11 +63,9 @@ def timed(cmd, env) -> float:
     return time.perf_counter() - start
 
 
-# measured as installed: pip compiles bytecode at install time, and with PYTHONDONTWRITEBYTECODE (set in
-# some environments) every run would compile every tieconv module from source, 0.1-0.4 s here
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 def main() -> None:
+    measure_as_installed()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
     parser.add_argument("--repeat", type=int, default=3)
