@@ -328,6 +328,7 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
     evidence = _gather_evidence(ckpt, names, notes, compare)
     reclaim_keys = _reclaimable_copies(ckpt, names, evidence.identical, compare)
     verdict, reason = _verdict(evidence)
+    parameters, byte_counts = _counts(ckpt, reclaim_keys)
     report = Report(
         path=str(ckpt.path),
         layout=ckpt.layout,
@@ -338,8 +339,8 @@ def _decide(ckpt: Checkpoint, names: Names, notes: list[str], compare: bool) -> 
         tie_flag=names.flag,
         identical=evidence.identical,
         equal_after_cast=evidence.equal_after_cast,
-        parameters=_parameter_counts(ckpt, reclaim_keys),
-        bytes=_byte_counts(ckpt, reclaim_keys),
+        parameters=parameters,
+        bytes=byte_counts,
         reclaimable_keys=reclaim_keys,
         tie_map=dict(names.tie_map),
         tie_group=names.group if names.has_head else None,
@@ -445,22 +446,21 @@ def _reclaimable_copies(ckpt: Checkpoint, names: Names, head_identical: bool | N
     return reclaim_keys
 
 
-def _parameter_counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> Parameters:
-    stored, unique, _ = ckpt.totals()
-    return Parameters(stored, unique - sum(ckpt.tensors[k].numel for k in reclaim_keys))
-
-
-def _byte_counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> ByteCounts:
-    _, _, total = ckpt.totals()
-    return ByteCounts(total, sum(ckpt.tensors[k].nbytes for k in reclaim_keys))
+def _counts(ckpt: Checkpoint, reclaim_keys: list[str]) -> tuple[Parameters, ByteCounts]:
+    """Parameters and bytes as stored, and what `tie` would reclaim (one pass over the files' totals)."""
+    stored, unique, total = ckpt.totals()
+    reclaim = [ckpt.tensors[k] for k in reclaim_keys]
+    return (Parameters(stored, unique - sum(t.numel for t in reclaim)),
+            ByteCounts(total, sum(t.nbytes for t in reclaim)))
 
 
 def _no_token_embedding(ckpt: Checkpoint, names: Names, notes: list[str]) -> Report:
     """Speech and vision models (wav2vec2, ViTMAE...): nothing to tie, and no keys to name."""
+    parameters, byte_counts = _counts(ckpt, [])
     return Report(
         path=str(ckpt.path), layout=ckpt.layout, files=list(ckpt.files), verdict=Verdict.NO_HEAD, embed=None,
         head=None, tie_flag=names.flag, identical=None, equal_after_cast=None,
-        parameters=_parameter_counts(ckpt, []), bytes=_byte_counts(ckpt, []), reclaimable_keys=[], tie_map={},
+        parameters=parameters, bytes=byte_counts, reclaimable_keys=[], tie_map={},
         tie_group=None, architecture=names.architecture, config=ckpt.config_file,
         reason=f"{names.architecture} has no token embedding",
         advice=_advice_text(Verdict.NO_HEAD, str(ckpt.path), "0 B"), notes=notes, checkpoint=ckpt,
