@@ -241,6 +241,25 @@ def test_sharded_untie_keeps_names_links_unchanged_shards_and_rewrites_the_index
     torch.testing.assert_close(logits(tmp_path / "out"), logits(src), rtol=0, atol=0)
 
 
+def test_the_output_index_is_written_as_json_dumps_writes_it(tmp_path, fixture_copy):
+    """The weight map's lines are put together by tieconv (json.dumps with an indent is slow): byte for byte
+    what `json.dumps(index, indent=2)` gives, keys sorted and escaped, the input's other metadata kept."""
+    src = fixture_copy("llama-tied-sharded")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"]["model.norm.weight"]
+    odd = 'extra.\u00e9"\\\u2028\U0001f600.weight'  # non-ASCII, a quote, a backslash, a line separator
+    save_file({**load_file(src / shard), odd: torch.ones(2)}, src / shard)
+    index["weight_map"][odd] = shard
+    index["metadata"]["note"] = {"by": "caf\u00e9", "n": [1, 2.5, None, True]}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    tieconv.untie(src, tmp_path / "out", link=True)
+    text = (tmp_path / "out" / "model.safetensors.index.json").read_text()
+    written = json.loads(text)
+    assert text == json.dumps(written, indent=2) + "\n"
+    assert list(written["weight_map"]) == sorted(written["weight_map"]) and written["weight_map"][odd] == shard
+    assert written["metadata"]["note"] == index["metadata"]["note"]
+
+
 def test_sharded_tie_renumbers_when_a_shard_empties(tmp_path):
     src = FIXTURES / "llama-untied-sharded"
     index = json.loads((src / "model.safetensors.index.json").read_text())

@@ -436,3 +436,19 @@ def test_hard_linked_shards_are_equal_without_reading_them(tmp_path, monkeypatch
     flip_byte(b, flipped)
     report = tieconv.diff(a, b)
     assert [d.parameter for d in report.values] == [flipped] and reads
+
+
+def test_a_hard_linked_shard_is_still_compared_where_its_key_is_expected_to_change(tmp_path):
+    """Equal unread holds for a key each loader reads as itself and that is expected to stay: told that B's
+    embedding should hold A's head (`tie --keep head`), the linked shard holding it is compared, and differs."""
+    a = tmp_path / "a"
+    shutil.copytree(FIXTURES / "llama-untied-sharded", a)
+    b = tmp_path / "b"
+    b.mkdir()
+    for f in a.iterdir():
+        os.link(f, b / f.name)
+    report = compare_reports(tieconv.inspect(a), tieconv.inspect(b),
+                             expected_values={"model.embed_tokens.weight": "lm_head.weight"})
+    assert [(d.parameter, d.a_key, d.b_key) for d in report.values] == [
+        ("model.embed_tokens.weight", "lm_head.weight", "model.embed_tokens.weight")]
+    assert any("same bytes of one file on both sides" in n for n in report.notes)  # the other keys

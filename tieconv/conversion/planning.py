@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ..formats.checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, StoredTensor, open_checkpoint, safe_member
+from ..formats.checkpoint import BIN_INDEX, SAFETENSORS_INDEX, Checkpoint, open_checkpoint, safe_member
 from ..errors import OutputError, RefusedError
 from ..inspection.inspector import coerce_flags, inspect, inspect_checkpoint
 from ..inspection.report import Report, TensorInfo
@@ -338,17 +338,19 @@ def output_kind(ckpt: Checkpoint, dst: str) -> tuple[bool, str]:
 
 def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], replaced: dict[str, str],
                   aliases: dict[str, str], fmt: str, out_name: str | None) -> list[PlannedFile]:
+    # file by file, each in its data order, so copies read their sources sequentially
+    original = {name: ckpt.tensors_in(name) for name in ckpt.files}
     by_file: dict[str, list[PlannedTensor]] = {name: [] for name in ckpt.files}
-    # in each file's data order, so copies read their sources sequentially
-    ordered = sorted(ckpt.tensors.values(), key=lambda t: (ckpt.files.index(t.file), t.offset or 0))
-    for t in ordered:
-        if t.key in dropped:
-            continue
-        src = ckpt.tensors[replaced.get(t.key, t.key)]
-        by_file[t.file].append(PlannedTensor(t.key, src.key, src.dtype, src.shape, src.nbytes))
-        for new_key, source in added.items():
-            if source == t.key:
-                by_file[t.file].append(PlannedTensor(new_key, t.key, t.dtype, t.shape, t.nbytes))
+    for name, stored in original.items():
+        planned = by_file[name]
+        for t in stored:
+            if t.key in dropped:
+                continue
+            src = ckpt.tensors[replaced[t.key]] if t.key in replaced else t
+            planned.append(PlannedTensor(t.key, src.key, src.dtype, src.shape, src.nbytes))
+            for new_key, source in added.items():
+                if source == t.key:
+                    planned.append(PlannedTensor(new_key, t.key, t.dtype, t.shape, t.nbytes))
     # a replaced key that was not stored (embed-missing): put it where its source was
     for key, source in replaced.items():
         if key not in ckpt.tensors:
@@ -371,20 +373,15 @@ def _output_files(ckpt: Checkpoint, dropped: set[str], added: dict[str, str], re
             name_in_out = name if keep_names else shard_name(i, len(groups))
         else:
             name_in_out = "model.safetensors"
-        original = [t.key for t in by_file_original(ckpt, name)]
         unchanged = (
             fmt == "safetensors"
             and name.endswith(".safetensors")
-            and [t.key for t in tensors] == original
+            and [t.key for t in tensors] == [t.key for t in original[name]]
             and all(t.key == t.source for t in tensors)
             and meta == ckpt.file_metadata.get(name)
         )
         files.append(PlannedFile(name_in_out, tuple(tensors), meta, name if unchanged else None))
     return files
-
-
-def by_file_original(ckpt: Checkpoint, name: str) -> list[StoredTensor]:
-    return ckpt.tensors_in(name)
 
 
 def weights_folder(ckpt: Checkpoint) -> str:

@@ -10,18 +10,17 @@ same object whatever the format.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
 import stat
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError, InputError, UnsupportedCheckpointError
+from .. import collector
 from . import file_cache
 from .safetensors_file import SafetensorsFile
 from .safetensors_header import read_header
@@ -61,6 +60,7 @@ class Checkpoint:
     config: dict[str, Any] | None = None
     config_file: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)  # dropped key -> kept key
+    index_metadata: dict[str, Any] = field(default_factory=dict)  # a sharded checkpoint's index "metadata"
     notes: list[str] = field(default_factory=list)
     remote: RemoteFiles | None = field(default=None, repr=False)  # a Hub repo whose files are read over HTTP
     files: list[str] = field(default_factory=list)  # the weight files, relative to `root`, in the order read
@@ -140,20 +140,6 @@ class Checkpoint:
         """Refuse what cannot become torch tensors as stored (for `load_state_dict`), naming the file."""
         for backend in self.backends.values():
             backend.check_torch_loadable(str(self.path))
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a large index is read: the objects made (header columns,
-    the key table) all stay alive, and the collector, run every few hundred allocations, would walk them
-    again and again.  They hold strings, ints and tuples: no cycles to collect."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES,
@@ -312,9 +298,9 @@ def read_index_doc(root: Path, name: str) -> Any:
     return read_member_json(root, name, "index", max_bytes=MAX_INDEX_BYTES, max_values=None)
 
 
-def _read_index(root: Path, name: str) -> tuple[dict[str, str], dict[str, Path], dict[str, str]]:
-    """The index's weight map, its shards (name -> validated path) in order of first mention, and the string
-    pairs of its metadata."""
+def _read_index(root: Path, name: str) -> tuple[dict[str, str], dict[str, Path], dict[str, Any]]:
+    """The index's weight map, its shards (name -> validated path) in order of first mention, and its
+    metadata (an empty dict when it has none)."""
     where = root / name
     doc = read_index_doc(root, name)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
@@ -329,9 +315,7 @@ def _read_index(root: Path, name: str) -> tuple[dict[str, str], dict[str, Path],
     # validate every name before opening any: once per shard, not per tensor
     paths = {shard: safe_member(root, shard, f"index {name}") for shard in shards}
     metadata = doc.get("metadata")
-    # the string pairs only (`total_size` is a number): what names dropped shared tensors
-    pairs = {k: v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
-    return weight_map, paths, pairs
+    return weight_map, paths, metadata if isinstance(metadata, dict) else {}
 
 
 def check_index_holds(ckpt: Checkpoint, weight_map: dict[str, str], where: str) -> None:
@@ -473,7 +457,7 @@ def _read_sharded(ckpt: Checkpoint, index_name: str) -> None:
     else:
         names, metadata, verified = remembered
         shards = {shard: safe_member(ckpt.root, shard, f"index {index_name}") for shard in names}
-    with _collector_paused():
+    with collector.paused():  # the header columns and key table of a 90k-tensor index
         for shard, path in shards.items():
             read_weight_file(ckpt, shard, path)
     identities = [b.identity for b in ckpt.backends.values()]
@@ -485,11 +469,12 @@ def _read_sharded(ckpt: Checkpoint, index_name: str) -> None:
             file_cache.store("index", index_stat, (list(shards), metadata, identities))
     for backend in ckpt.backends.values():
         ckpt.record_aliases(backend.metadata)
+    ckpt.index_metadata = metadata  # a conversion carries it into the output's index
     ckpt.record_aliases(metadata)  # huggingface_hub's sharded save records dropped names in the index only
 
 
-def _remembered_index(index_stat: os.stat_result) -> tuple[list[str], dict[str, str], list[Any]] | None:
-    """(shard names, string metadata, identities of the shards it was held to), or None."""
+def _remembered_index(index_stat: os.stat_result) -> tuple[list[str], dict[str, Any], list[Any]] | None:
+    """(shard names, metadata, identities of the shards it was held to), or None."""
     value = file_cache.load("index", index_stat)
     try:
         names, metadata, verified = value

@@ -17,7 +17,7 @@ from stat import S_ISREG
 import tempfile
 from typing import Any
 
-_SCHEMA = 3  # bump when what any kind stores changes
+_SCHEMA = 4  # bump when what any kind stores changes
 
 
 def identity(stat: os.stat_result) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ class SafetensorsFile(TensorFile):
 
     writes_as: ClassVar[str] = "safetensors"
     streams_values: ClassVar[bool] = True
+    keys_own_their_bytes: ClassVar[bool] = True
 
     def __init__(self, name: str, path: Path, header: SafetensorsHeader) -> None:
         super().__init__(name)

@@ -57,6 +57,9 @@ class TensorFile(ABC):
     # iter_bytes yields values of a torch dtype straight from storage, so a numeric comparison can stream
     # rows of them instead of loading both tensors (safetensors; not pickles, already loaded, nor GGUF types)
     streams_values: ClassVar[bool] = False
+    # no two keys share bytes, so a key is its own storage (safetensors: the header tiles the data exactly,
+    # validated); where keys may share (pickles' views, a GGUF table's offsets) `storage` tells
+    keys_own_their_bytes: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..formats.checkpoint import TORCH_DTYPE_OF, Checkpoint, StoredTensor, read_json
+from ..formats.tensor_file import TensorFile
 from ..errors import InputError
 from .report import Report, human_bytes
 
@@ -211,7 +212,10 @@ def diff(a: str | os.PathLike[str], b: str | os.PathLike[str], *, sample_bytes: 
         >>> tieconv.diff("fixtures/llama-tieable", "fixtures/llama-head-missing").random[0].describe()
         "lm_head.weight: B's loader starts it at random (the flag unties and it is not stored)"
     """
-    return compare_reports(_inspect_for_diff(a), _inspect_for_diff(b), sample_bytes=sample_bytes)
+    from .. import collector
+
+    with collector.paused():
+        return compare_reports(_inspect_for_diff(a), _inspect_for_diff(b), sample_bytes=sample_bytes)
 
 
 def _inspect_for_diff(path: str | os.PathLike[str]) -> Report:
@@ -346,11 +350,12 @@ class _Comparison:
         view_b_own = loader_view(self.b)
         to_a = self._names_in_a(view_a, view_b_own)
         view_b = {to_a.get(k, k): v for k, v in view_b_own.items()}
-        params = sorted(set(view_a) | set(view_b), key=self._read_order)
         self.out.parameters = len(view_a.keys() & view_b.keys())
+        linked = self._in_one_file(view_a, view_b)
+        params = sorted((view_a.keys() | view_b.keys()) - linked, key=self._read_order)
         from ..progress import bar
 
-        total = self._bytes_to_compare(view_a, view_b)
+        total = self._bytes_to_compare(view_a, view_b, linked)
         with bar(total, "comparing") as progress:
             for p in params:
                 self._parameter(p, view_a, view_b, progress)
@@ -412,9 +417,31 @@ class _Comparison:
         t = self.ca.tensors.get(param)
         return (0, self._file_order[t.file], t.offset or 0, param) if t else (1, "", 0, param)
 
-    def _bytes_to_compare(self, view_a: dict[str, Any], view_b: dict[str, Any]) -> int:
+    def _in_one_file(self, view_a: dict[str, Any], view_b: dict[str, Any]) -> set[str]:
+        """The parameters both loaders build from their own key in one file on disk that both sides read (a
+        shard `tie --link` hard-linked): equal unread, found file by file rather than tensor by tensor, as a
+        90k-tensor index has 90k of them. The file's bytes are the same, so are its keys and their offsets."""
+        def inode(backend: TensorFile) -> tuple[int, ...] | None:
+            return backend.identity[1:3] if backend.identity is not None else None  # linking changes ctime
+
+        files_b = {inode(f): f for f in self.cb.backends.values() if inode(f) is not None}
+        found: set[str] = set()
+        for fa in self.ca.backends.values():
+            fb = files_b.get(inode(fa))
+            keys = list(fa.keys())
+            if fb is None or keys != list(fb.keys()):
+                continue
+            loaded_as_stored = [k for k in keys if view_a.get(k) == k and view_b.get(k) == k
+                                and k not in self.expected_values]
+            found.update(loaded_as_stored)
+            self.one_file_bytes += (fa.totals()[2] if len(loaded_as_stored) == len(keys)
+                                    else sum(fa.tensors[k].nbytes for k in loaded_as_stored))
+        return found
+
+    def _bytes_to_compare(self, view_a: dict[str, Any], view_b: dict[str, Any], skipped: set[str]) -> int:
         """For the progress bar: each pair of stored tensors is compared once, whatever ties lead to it."""
-        pairs = {(view_a.get(self.expected_values.get(p, p)), view_b[p]) for p in view_a.keys() & view_b.keys()}
+        pairs = {(view_a.get(self.expected_values.get(p, p)), view_b[p])
+                 for p in (view_a.keys() & view_b.keys()) - skipped}
         return sum(self.ca.tensors[ka].nbytes for ka, kb in pairs if isinstance(ka, str) and isinstance(kb, str))
 
     # -- one parameter
@@ -607,9 +634,11 @@ _ABSENT = object()
 
 def _shared_groups(ckpt: Checkpoint, view: dict[str, Any], params: list[str]) -> dict[str, tuple[str, ...]]:
     """Parameter -> every parameter that is the same tensor on this side (tie, alias, one storage), sorted."""
-    by_storage: dict[tuple[Any, ...], list[str]] = {}
+    sharing = {key for b in ckpt.backends.values() if not b.keys_own_their_bytes for key in b.keys()}
+    by_storage: dict[object, list[str]] = {}
     for p in params:
-        by_storage.setdefault(ckpt.tensors[view[p]].storage, []).append(p)
+        key = view[p]
+        by_storage.setdefault(ckpt.tensors[key].storage if key in sharing else key, []).append(p)
     return {p: tuple(sorted(group)) for group in by_storage.values() if len(group) > 1 for p in group}
 
 
