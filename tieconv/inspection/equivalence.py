@@ -680,23 +680,9 @@ def _loader_config(report: Report) -> dict[str, Any] | None:
 
 def _gguf_metadata(ckpt: Checkpoint) -> dict[str, Any]:
     """GGUF key-value fields (not the header counts) as values; long arrays by a digest of their bytes."""
-    import hashlib
+    from ..formats.gguf_file import read_metadata
 
-    import gguf
-
-    reader = gguf.GGUFReader(ckpt.root / ckpt.files[0], "r")
-    out: dict[str, Any] = {}
-    for name, f in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue  # version, tensor and field counts: they follow from the rest
-        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY and len(f.data) > 16:
-            digest = hashlib.sha256()
-            for part in f.parts:  # the field's raw bytes (name, types, items)
-                digest.update(part.tobytes())
-            out[name] = f"<{len(f.data)} items, sha256 {digest.hexdigest()[:16]}>"
-        else:
-            out[name] = f.contents()
-    return out
+    return read_metadata(ckpt.root / ckpt.files[0])
 
 
 def _effective_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
