@@ -119,9 +119,10 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
             from ..formats import gguf_file
 
             (f,) = p.files
-            src = ckpt.root / ckpt.files[0]
+            src = ckpt.backends[ckpt.files[0]]
+            assert isinstance(src, gguf_file.GGUFFile)
             header, pieces, alignment = gguf_file.output_header(src, [(t.key, t.source) for t in f.tensors])
-            write_gguf(weights / f.name, header, src, pieces, alignment)
+            write_gguf(weights / f.name, header, src.path, pieces, alignment)
         else:
             from ..progress import bar
 

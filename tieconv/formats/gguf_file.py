@@ -93,7 +93,8 @@ class GGUFFile(TensorFile):
         super().__init__(name)
         self.path = path
         self._tensors: dict[str, StoredTensor] = {}
-        for key, dtype, shape, nbytes, offset in read_tensors(path):
+        self.layout = read_layout(path)
+        for key, dtype, shape, nbytes, offset in self.layout.tensors:
             if key in self._tensors:
                 raise CorruptFileError(f"{path}: tensor {key!r} appears twice")
             self._tensors[key] = StoredTensor(key, dtype, shape, nbytes, name, (name, offset), offset)
@@ -214,8 +215,11 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
                 strings += count
                 if strings > MAX_GGUF_STRINGS:
                     raise too_much()
-                for _ in range(count):
-                    pos = skip_string(pos)
+                length_at = struct.Struct(order + "Q").unpack_from
+                for _ in range(count):  # skip_string inlined: a 262k-token vocabulary steps 262k strings
+                    pos += 8 + length_at(data, pos)[0]
+                    if pos > size:
+                        raise CorruptFileError(f"{path}: a metadata string runs past the end of the file")
             elif sub in _SCALAR_BYTES:
                 pos += count * _SCALAR_BYTES[sub]
             else:  # arrays of arrays: gguf's writer never nests them
@@ -344,9 +348,9 @@ def read_metadata(path: Path) -> dict[str, Any]:
 _SCALAR_FORMAT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def output_header(src: Path, tensors: list[tuple[str, str]]) -> tuple[bytes, list[tuple[int, int]], int]:
+def output_header(src: GGUFFile, tensors: list[tuple[str, str]]) -> tuple[bytes, list[tuple[int, int]], int]:
     """A GGUF file like `src` holding `tensors` `[(name, source name)]` in that order: (its header, the
-    (offset in src, nbytes) of each tensor's data in order, the alignment each is padded to).
+    (offset in src's file, nbytes) of each tensor's data in order, the alignment each is padded to).
 
     The header is src's own bytes up to the end of its metadata (only the tensor count changes: every
     metadata pair is kept as written), then a tensor-info record per tensor with its data offset, padded
@@ -354,13 +358,13 @@ def output_header(src: Path, tensors: list[tuple[str, str]]) -> tuple[bytes, lis
     from GGUFReader's numpy views and writes the tensors from a memory map, so memory grew with the
     file (1.25 GB for a 2.1 GB model); the conversion's writer copies the data in the kernel instead.
     """
-    layout = read_layout(src)
+    layout = src.layout
     order, align = layout.order, layout.alignment
     by_name = {t[0]: t for t in layout.tensors}
-    with open(src, "rb") as f:
+    with open(src.path, "rb") as f:
         head = bytearray(f.read(layout.metadata_end))
     if len(head) != layout.metadata_end:
-        raise CorruptFileError(f"{src}: changed while it was read; run again")
+        raise CorruptFileError(f"{src.path}: changed while it was read; run again")
     struct.pack_into(order + "Q", head, 8, len(tensors))  # magic, version, then the tensor count
     pieces, offset = [], 0
     for name, source in tensors:
