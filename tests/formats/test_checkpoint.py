@@ -128,6 +128,35 @@ def test_the_header_cache_is_used_only_for_the_same_file(tmp_path, monkeypatch):
     assert safetensors_header.read_header(path).tensors["layer.0.weight"].shape == (3,)
 
 
+def test_a_header_whose_file_only_lost_a_link_is_read_from_the_cache_after_its_bytes_are_checked(tmp_path,
+                                                                                                monkeypatch):
+    """Deleting an earlier `tie --link` output changes the input's ctime, not a byte: the cached header is
+    used once the header bytes' digest matches. A header byte changed in place (size and mtime kept) misses."""
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "big.safetensors"
+    save_file({f"layer.{i}.weight": torch.full((2,), float(i)) for i in range(1000)}, path)
+    first = safetensors_header.read_header(path)
+    os.link(path, tmp_path / "linked.safetensors")
+    os.unlink(tmp_path / "linked.safetensors")  # the file's ctime moves; nothing else does
+    parsed = []
+    real_parse = safetensors_header.parse_header
+    monkeypatch.setattr(safetensors_header, "parse_header", lambda *a: parsed.append(1) or real_parse(*a))
+    again = safetensors_header.read_header(path)
+    assert parsed == [] and again.tensors == first.tensors and again.identity != first.identity
+    assert safetensors_header.read_header(path).identity == again.identity and parsed == []  # recorded anew
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # "layer.0." -> "layer.X.": same length, same size
+        raw = f.read(stat.st_size)
+        at = raw.index(b'"layer.0.weight"') + 7
+        f.seek(at)
+        f.write(b"X")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the mtime put back: only the bytes tell
+    changed = safetensors_header.read_header(path)
+    assert parsed == [1] and "layer.X.weight" in changed.tensors and "layer.0.weight" not in changed.tensors
+
+
 def test_inspect_counts_parameters_and_bytes_per_file(tmp_path):
     e = torch.randn(128, 64)
     write_llama(tmp_path, tie=False, tensors={"model.embed_tokens.weight": e, "lm_head.weight": e.clone(),

@@ -10,6 +10,7 @@ header, validated against every rule of the format, so that every later step
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import operator
@@ -275,10 +276,11 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         raise CorruptFileError(f"{path}: is a folder, expected a safetensors file") from None
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    header = parse_header(raw, file_size, path)
+    digest = hashlib.sha256(raw).digest() if len(raw) >= CACHED_HEADER_BYTES else None
+    header = (_cached_header(path, stat, digest) if digest else None) or parse_header(raw, file_size, path)
     header.identity = file_cache.identity(stat)
-    if len(raw) >= CACHED_HEADER_BYTES:
-        _store_header(stat, header)
+    if digest:
+        _store_header(stat, header, digest)
     return header
 
 
@@ -286,18 +288,23 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 CACHED_HEADER_BYTES = 32 << 10
 
 
-def _cached_header(path: str, stat: os.stat_result) -> SafetensorsHeader | None:
-    value = file_cache.load("header", stat)
+def _cached_header(path: str, stat: os.stat_result, digest: bytes | None = None) -> SafetensorsHeader | None:
+    """The header validated earlier: for the file as it was then (its identity), or, given the `digest` of
+    the header bytes the file holds now, for any earlier state of the same inode and size whose header
+    bytes had that digest (validation depends on nothing else: the header's bytes and the file's size)."""
+    value = file_cache.load("header", stat) if digest is None else file_cache.load_for_inode("header", stat)
     try:
-        data_start, data_size, metadata, numel, names, columns = value
+        data_start, data_size, metadata, numel, names, columns, recorded_digest = value
     except (TypeError, ValueError):
         return None
     if len(columns) != 4 or any(len(c) != len(names) for c in columns):
         return None
+    if digest is not None and (recorded_digest != digest or data_start + data_size != stat.st_size):
+        return None
     return SafetensorsHeader(path, data_start, data_size, metadata, names, columns, numel, file_cache.identity(stat))
 
 
-def _store_header(stat: os.stat_result, header: SafetensorsHeader) -> None:
+def _store_header(stat: os.stat_result, header: SafetensorsHeader, digest: bytes) -> None:
     # columns, which marshal loads faster than 90k small tuples and which become entries without a Python loop
     file_cache.store("header", stat, (header.data_start, header.data_size, header.metadata, header.numel,
-                                      header.names, header.columns))
+                                      header.names, header.columns, digest))
