@@ -154,3 +154,113 @@ def test_gguf_write_under_a_file_size_limit_is_a_clean_refusal(tmp_path):
                             preexec_fn=cap, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "file size limit" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def _ggufs_own_rewrite(src, dst, tensors):
+    """What gguf's own tools write for `src` with `tensors` [(name, source)] (gguf_new_metadata's pattern):
+    the reference the streamed rewrite is held to."""
+    reader = gguf.GGUFReader(src, "r")
+    by_name = {t.name: t for t in reader.tensors}
+    writer = gguf.GGUFWriter(dst, arch=reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        if field.name == gguf.Keys.General.ALIGNMENT:
+            writer.add_custom_alignment(int(field.contents()))
+            continue
+        kind = field.types[0]
+        writer.add_key_value(field.name, field.contents(), kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    for name, source in tensors:
+        t = by_name[source]
+        writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, source in tensors:
+        writer.write_tensor_data(by_name[source].data)
+    writer.close()
+
+
+@pytest.mark.parametrize("alignment", [None, 64])
+def test_tie_and_untie_write_byte_for_byte_what_ggufs_writer_writes(tmp_path, alignment):
+    """The metadata is copied as stored and the tensors in the kernel, laid out as GGUFWriter lays them out."""
+    path = tmp_path / "m.gguf"
+    rng = np.random.default_rng(0)
+    embed = rng.standard_normal((64, 16)).astype(np.float32)
+    writer = gguf.GGUFWriter(path, arch="llama")
+    if alignment:
+        writer.add_custom_alignment(alignment)
+    writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(64)])
+    writer.add_array("tokenizer.ggml.scores", [0.5, -1.0])
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))  # odd size: padding matters
+    writer.add_tensor("blk.0.ffn_down.weight", rng.standard_normal((32, 16)).astype(np.float16))
+    writer.add_tensor("output.weight", embed.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    kept = ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.ffn_down.weight"]
+    tieconv.tie(path, tmp_path / "tied.gguf")
+    _ggufs_own_rewrite(path, tmp_path / "reference-tied.gguf", [(k, k) for k in kept])
+    assert (tmp_path / "tied.gguf").read_bytes() == (tmp_path / "reference-tied.gguf").read_bytes()
+    tieconv.untie(tmp_path / "tied.gguf", tmp_path / "untied.gguf")
+    _ggufs_own_rewrite(tmp_path / "tied.gguf", tmp_path / "reference-untied.gguf",  # the copy beside its source
+                       [(kept[0], kept[0]), ("output.weight", "token_embd.weight")] + [(k, k) for k in kept[1:]])
+    assert (tmp_path / "untied.gguf").read_bytes() == (tmp_path / "reference-untied.gguf").read_bytes()
+    assert tieconv.diff(path, tmp_path / "untied.gguf").equivalent
+
+
+def test_diff_finds_a_changed_metadata_value_and_a_changed_vocabulary(tmp_path):
+    """GGUF metadata read by tieconv's stepper: a scalar shows as its value, a long array as a digest."""
+    def make(name, eps, last_token):
+        writer = gguf.GGUFWriter(tmp_path / name, arch="llama")
+        writer.add_float32("llama.attention.layer_norm_rms_epsilon", eps)
+        writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(63)] + [last_token])
+        writer.add_tensor("token_embd.weight", np.ones((64, 16), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return tmp_path / name
+
+    a, b, c = make("a.gguf", 1e-5, "t63"), make("b.gguf", 1e-6, "t63"), make("c.gguf", 1e-5, "zz")
+    assert tieconv.diff(a, make("a2.gguf", 1e-5, "t63")).equivalent
+    (eps,) = tieconv.diff(a, b).config
+    assert eps.field == "llama.attention.layer_norm_rms_epsilon" and eps.a == pytest.approx(1e-5) \
+        and eps.b == pytest.approx(1e-6)
+    (tokens,) = tieconv.diff(a, c).config
+    assert tokens.field == "tokenizer.ggml.tokens" and tokens.a.startswith("<64 items, sha256") and tokens.a != tokens.b
+
+
+def test_a_large_gguf_is_tied_in_bounded_memory(tmp_path):
+    """A 384 MB GGUF (sparse: header, then holes): the tie copies the tensors in the kernel, so the
+    process's peak memory stays far below the bytes written (GGUFWriter's memory map grew with them)."""
+    import os
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    path = tmp_path / "big.gguf"
+    vocab, hidden = 16384, 2048  # 128 MB per matrix in F32
+    writer = gguf.GGUFWriter(path, arch="llama")
+    nbytes = vocab * hidden * 4
+    for name in ("token_embd.weight", "blk.0.attn_norm.weight", "output.weight"):
+        shape, size = ((vocab, hidden), nbytes) if name != "blk.0.attn_norm.weight" else ((hidden,), hidden * 4)
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), size, gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    data_start = os.path.getsize(path) + (-os.path.getsize(path) % 32)  # gguf pads the header when data follows
+    with open(path, "r+b") as f:
+        f.truncate(data_start + 2 * nbytes + hidden * 4)
+    code = ("import re, sys, tieconv; r = tieconv.tie(sys.argv[1], sys.argv[2]); "
+            "print(r.verdict, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "tied.gguf")], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout.split()
+    assert out[0] == "tied" and (tmp_path / "tied.gguf").stat().st_size > nbytes
+    assert int(out[1]) // 1024 < 120, out  # MB, for 128 MB written and 256 MB compared

@@ -160,3 +160,96 @@ def test_entries_are_counted_before_parsing(tmp_path, monkeypatch):
     text = ("{" + ",".join(entry % i for i in range(sh.MAX_TENSORS_PER_FILE + 1)) + "}").encode()
     with pytest.raises(CorruptFileError, match="over the limit of 200000 per file"):
         parse_header(text, 8 + len(text), "many.safetensors")
+
+
+
+def _both_checks(doc: dict, file_extra: int, data_bytes: int):
+    """parse_header's outcome with its column check, and with the entry-by-entry check alone."""
+    import tieconv.formats.safetensors_header as module
+
+    raw = json.dumps(doc).encode()
+
+    def outcome():
+        try:
+            h = parse_header(raw, 8 + len(raw) + data_bytes + file_extra, "t.safetensors")
+        except CorruptFileError as exc:
+            return str(exc)
+        return h.names, h.columns, h.numel, h.data_size
+
+    fast = outcome()
+    real = module._valid_columns
+    module._valid_columns = lambda *a: None
+    try:
+        return fast, outcome()
+    finally:
+        module._valid_columns = real
+
+
+def _entry(dtype, shape, begin, end):
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+@pytest.mark.parametrize("doc, data_bytes", [
+    ({"a": _entry("I8", [2], 0, 2), "b": _entry("F16", [1, 3], 2, 8)}, 8),  # valid
+    ({"b": _entry("F16", [1, 3], 2, 8), "a": _entry("I8", [2], 0, 2)}, 8),  # valid, listed out of offset order
+    ({"a": _entry("I8", [0], 0, 0), "b": _entry("I8", [], 0, 1), "c": _entry("I8", [0, 5], 1, 1)}, 1),  # empty ones
+    ({"a": _entry("I8", [True, 2], 0, 2)}, 2),  # a JSON true where 1 fits
+    ({"a": _entry("I8", [2], False, 2)}, 2),  # a JSON false where 0 fits
+    ({"a": _entry("I8", [2], 0, 2), "b": _entry("I8", [1], 2, True)}, 3),
+    ({"a": _entry(5, [2], 0, 2)}, 2), ({"a": _entry("X8", [2], 0, 2)}, 2), ({"a": _entry(None, [2], 0, 2)}, 2),
+    ({"a": {"dtype": "I8", "shape": [2]}}, 2), ({"a": {**_entry("I8", [2], 0, 2), "x": 1}}, 2), ({"a": [1]}, 2),
+    ({"a": _entry("I8", 2, 0, 2)}, 2), ({"a": _entry("I8", [-1], 0, 2)}, 2), ({"a": _entry("I8", [2.0], 0, 2)}, 2),
+    ({"a": _entry("I8", [1] * 65, 0, 1)}, 1), ({"a": _entry("I8", [2], 2, 0)}, 2), ({"a": _entry("I8", [2], -1, 1)}, 2),
+    ({"a": _entry("I8", [2], 0, 2, ), "b": _entry("I8", [2], 3, 5)}, 5),  # a hole
+    ({"a": _entry("I8", [2], 2, 4)}, 4),  # a hole before the first tensor
+    ({"a": _entry("I8", [2], 0, 2), "b": _entry("I8", [2], 1, 3)}, 3),  # an overlap
+    ({"a": _entry("I8", [2], 0, 2)}, 3),  # a byte after the last tensor
+    ({"a": _entry("I8", [3], 0, 2)}, 2),  # the shape needs more bytes than the offsets give
+    ({"a": _entry("F4", [3], 0, 2)}, 2), ({"a": _entry("F4", [3], 0, 1)}, 1),  # 12 bits: not whole bytes
+    ({"a": _entry("F4", [4], 0, 2)}, 2),  # 16 bits: valid
+    ({"a": _entry("I8", [2], 0, [2])}, 2), ({"a": _entry("I8", [2], 0, 2.0)}, 2), ({}, 0), ({}, 1),
+])
+def test_the_column_check_and_the_entry_by_entry_check_agree_on_each_rule(doc, data_bytes):
+    fast, slow = _both_checks(doc, 0, data_bytes)
+    assert fast == slow
+
+
+_values = st.one_of(st.integers(-2, 12), st.booleans(), st.none(), st.sampled_from(["F16", "I8", "F4", "BF16", "x"]),
+                    st.lists(st.integers(-1, 12), max_size=3), st.lists(st.booleans(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 3), max_size=3), min_size=1, max_size=5),
+    dtypes=st.lists(st.sampled_from(["F16", "I8", "F4", "F32", "BOOL"]), min_size=5, max_size=5),
+    order=st.permutations(range(5)),
+    edits=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["dtype", "shape", "data_offsets", "extra", "drop"]),
+                             _values), max_size=2),
+    extra=st.integers(-2, 2),
+)
+def test_the_column_check_accepts_exactly_what_the_entry_by_entry_check_accepts(shapes, dtypes, order, edits, extra):
+    """parse_header validates a column at a time and, only when a rule is broken, entry by entry (to say
+    which): the two must agree on every header, valid or not, and build the same columns."""
+    from tieconv.formats.safetensors_header import DTYPE_BITS
+
+    doc, position = {}, 0
+    for i in [i for i in order if i < len(shapes)]:  # laid out in a shuffled order of their offsets
+        shape, dtype = shapes[i], dtypes[i]
+        n = 1
+        for d in shape:
+            n *= d
+        size = -(-n * DTYPE_BITS[dtype] // 8)
+        doc[f"t{i}"] = _entry(dtype, shape, position, position + size)
+        position += size
+    for i, field, value in edits:
+        entry = doc.get(f"t{i}")
+        if entry is None:
+            continue
+        if field == "drop":
+            entry.pop("dtype", None)
+        elif field == "extra":
+            entry["extra"] = value
+        else:
+            entry[field] = value
+    fast, slow = _both_checks(doc, extra, position)
+    assert fast == slow

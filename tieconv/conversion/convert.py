@@ -27,6 +27,7 @@ from .writer import (
     check_output_parent,
     copy_file,
     link_or_copy,
+    write_gguf,
     write_safetensors,
     write_text,
 )
@@ -118,7 +119,10 @@ def execute(p: Plan, report: Report, verify: str = "sample") -> ConversionResult
             from ..formats import gguf_file
 
             (f,) = p.files
-            gguf_file.write(ckpt.root / ckpt.files[0], weights / f.name, [(t.key, t.source) for t in f.tensors])
+            src = ckpt.backends[ckpt.files[0]]
+            assert isinstance(src, gguf_file.GGUFFile)
+            header, pieces, alignment = gguf_file.output_header(src, [(t.key, t.source) for t in f.tensors])
+            write_gguf(weights / f.name, header, src.path, pieces, alignment)
         else:
             from ..progress import bar
 

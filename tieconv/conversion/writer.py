@@ -101,6 +101,24 @@ def write_safetensors(path: Path, entries: list[WriteEntry], metadata: dict[str,
         return os.fstat(f.fileno()).st_size
 
 
+def write_gguf(path: Path, header: bytes, src: Path, pieces: list[tuple[int, int]], alignment: int) -> None:
+    """Write a GGUF file: `header`, then each `(offset, nbytes)` of `src` copied in the kernel and padded
+    with zeros to `alignment` (`gguf_file.output_header` lays them out). Made durable by `OutputFolder`."""
+    with _open_new(path) as f:
+        f.write(header)
+        f.flush()
+        behind = WriteBehind(f.fileno())
+        source = os.open(src, os.O_RDONLY)
+        try:
+            for offset, nbytes in pieces:
+                copy_range(source, f.fileno(), offset, nbytes, behind)
+                padding = memoryview(bytes(-nbytes % alignment))
+                while padding:
+                    padding = padding[os.write(f.fileno(), padding):]
+        finally:
+            os.close(source)
+
+
 COPY_STEP = 64 << 20  # bytes per copy_file_range / pread call: the unit of write-behind too
 
 

@@ -1,4 +1,5 @@
-"""GGUF (llama.cpp) files through the `gguf` package: read tensor descriptions, rewrite with tensors dropped or added.
+"""GGUF (llama.cpp) files: read tensor descriptions, and lay out a copy with tensors dropped or added
+(`output_header`; the conversion's writer copies the bytes). The `gguf` package gives the tensor types.
 
 GGUF carries no tie flag; llama.cpp falls back to `token_embd.weight` when `output.weight`
 is absent, so the no-config rule of `inspect` applies.
@@ -10,9 +11,9 @@ import os
 import struct
 from pathlib import Path
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from ..errors import CorruptFileError, OutputError, UnsupportedCheckpointError
+from ..errors import CorruptFileError, UnsupportedCheckpointError
 from .tensor_file import StoredTensor, TensorFile, read_file_range, stream_file_range
 
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ class GGUFFile(TensorFile):
         super().__init__(name)
         self.path = path
         self._tensors: dict[str, StoredTensor] = {}
-        for key, dtype, shape, nbytes, offset in read_tensors(path):
+        self.layout = read_layout(path)
+        for key, dtype, shape, nbytes, offset in self.layout.tensors:
             if key in self._tensors:
                 raise CorruptFileError(f"{path}: tensor {key!r} appears twice")
             self._tensors[key] = StoredTensor(key, dtype, shape, nbytes, name, (name, offset), offset)
@@ -119,8 +121,24 @@ class GGUFFile(TensorFile):
             "load_state_dict reads safetensors and torch checkpoints (inspect, tie and untie read GGUF)")
 
 
+class GGUFLayout(NamedTuple):
+    """Where the parts of a GGUF file lie: enough to write a copy with tensors dropped or added, the
+    metadata's bytes copied as they are and the tensors' bytes copied in the kernel (`output_header`)."""
+
+    order: str  # struct byte order: "<", or ">" for a big-endian file
+    metadata_end: int  # the header and every metadata pair are the bytes before it
+    alignment: int
+    tensors: list[tuple[str, str, tuple[int, ...], int, int]]  # (name, type name, shape, nbytes, data offset)
+    descriptions: dict[str, bytes]  # name -> its tensor-info record after the name, up to its offset field
+
+
 def read_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:
-    """[(name, type name, shape, nbytes, absolute data offset)] of the GGUF file at `path`.
+    """[(name, type name, shape, nbytes, absolute data offset)] of the GGUF file at `path`."""
+    return read_layout(path).tensors
+
+
+def read_layout(path: Path) -> GGUFLayout:
+    """The layout of the GGUF file at `path`, every part checked against the file and the limits above.
 
     Why our own: gguf's GGUFReader builds numpy views for every metadata value (a 200,000-token
     vocabulary costs 280 MB and seconds; two million empty strings, gigabytes). Only the tensor
@@ -142,7 +160,9 @@ def read_tensors(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]
                                f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 
 
-def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+def _read_tensors(data: mmap.mmap, size: int, path: Path,
+                  fields: list[tuple[bytes, int, int, int]] | None = None) -> GGUFLayout:
+    """The layout; `fields`, where given, gets each metadata pair's (key, value type, value's byte range)."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if data[:4] != b"GGUF":
@@ -180,7 +200,7 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str
         key_end = skip_string(pos)
         key = bytes(data[pos + 8 : key_end])
         kind = u32(key_end)
-        pos = key_end + 4
+        pos = value_start = key_end + 4
         items += 1
         if kind == _STRING:
             strings += 1
@@ -195,8 +215,11 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str
                 strings += count
                 if strings > MAX_GGUF_STRINGS:
                     raise too_much()
-                for _ in range(count):
-                    pos = skip_string(pos)
+                length_at = struct.Struct(order + "Q").unpack_from
+                for _ in range(count):  # skip_string inlined: a 262k-token vocabulary steps 262k strings
+                    pos += 8 + length_at(data, pos)[0]
+                    if pos > size:
+                        raise CorruptFileError(f"{path}: a metadata string runs past the end of the file")
             elif sub in _SCALAR_BYTES:
                 pos += count * _SCALAR_BYTES[sub]
             else:  # arrays of arrays: gguf's writer never nests them
@@ -211,10 +234,14 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str
             raise too_much()
         if pos > size:
             raise CorruptFileError(f"{path}: metadata runs past the end of the file")
+        if fields is not None:
+            fields.append((key, kind, value_start, pos))
     if alignment == 0 or alignment & (alignment - 1):
         raise CorruptFileError(f"{path}: general.alignment {alignment} is not a power of two")
 
+    metadata_end = pos
     infos = []
+    descriptions: dict[str, bytes] = {}
     for _ in range(n_tensors):
         name_end = skip_string(pos)
         name = bytes(data[pos + 8 : name_end]).decode("utf-8")
@@ -223,6 +250,7 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str
             raise CorruptFileError(f"{path}: tensor {name[:80]!r} has {n_dims} dimensions (GGUF allows 4)")
         dims = struct.unpack_from(order + "Q" * n_dims, data, name_end + 4)
         type_id, offset = struct.unpack_from(order + "IQ", data, name_end + 4 + 8 * n_dims)
+        descriptions[name] = bytes(data[name_end : name_end + 4 + 8 * n_dims + 4])
         pos = name_end + 4 + 8 * n_dims + 12
         try:
             tensor_type = GGMLQuantizationType(type_id)
@@ -239,7 +267,7 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path) -> list[tuple[str, str
         if start + offset + nbytes > size:
             raise CorruptFileError(f"{path}: tensor {name[:80]!r} runs past the end of the file")
         out.append((name, type_name, shape, nbytes, start + offset))
-    return out
+    return GGUFLayout(order, metadata_end, alignment, out, descriptions)
 
 
 def load_tensor(path: Path, name: str) -> Any:
@@ -263,42 +291,88 @@ def load_tensor(path: Path, name: str) -> Any:
     return torch.from_numpy(np.array(values, dtype=np.float32))  # a writable copy
 
 
-def write(src: Path, dst: Path, tensors: list[tuple[str, str]]) -> None:
-    """Write `dst`: every metadata field of `src` unchanged, tensors `[(name, source name)]` in that order."""
-    import gguf
+def read_metadata(path: Path) -> dict[str, Any]:
+    """Every metadata pair of the GGUF file at `path` as key -> value; an array of over 16 items as
+    "<N items, sha256 ...>" of its bytes (a 128k-token vocabulary compares as one digest).
 
-    reader = gguf.GGUFReader(src, "r")
-    by_name = {t.name: t for t in reader.tensors}
-    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    arch = arch_field.contents() if arch_field is not None else "llama"
-    writer = gguf.GGUFWriter(dst, arch=arch, endianess=reader.endianess)
+    Read with the same stepper as `read_layout` (checked against the same limits), not GGUFReader: see there.
+    """
+    import hashlib
+    import mmap
+
+    fields: list[tuple[bytes, int, int, int]] = []
+    out: dict[str, Any] = {}
     try:
-        # the metadata copy follows gguf's own gguf_new_metadata script
-        for field in reader.fields.values():
-            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-                continue
-            if field.name == gguf.Keys.General.ALIGNMENT:
-                # add_key_value would write the field but keep padding to the default 32 bytes: readers
-                # then look for the data at the wrong offsets
-                writer.add_custom_alignment(int(field.contents()))
-                continue
-            val_type = field.types[0]
-            sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)
-        for name, source in tensors:
-            t = by_name[source]
-            writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for _, source in tensors:
-            writer.write_tensor_data(by_name[source].data, tensor_endianess=reader.endianess)
-    except OSError as exc:
-        if exc.errno is None:  # numpy's tofile reports a short write without an errno (EFBIG, ENOSPC)
-            raise OutputError(f"{dst.name}: the write stopped short ({exc}): the disk is full or a file size limit "
-                              "was reached; free space (or raise the limit) and retry") from None
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            layout = _read_tensors(data, os.fstat(f.fileno()).st_size, path, fields)
+            order = layout.order
+
+            def scalar(kind: int, at: int) -> Any:
+                return struct.unpack_from(order + _SCALAR_FORMAT[kind], data, at)[0]
+
+            def string(at: int) -> tuple[str, int]:
+                length = struct.unpack_from(order + "Q", data, at)[0]
+                raw = bytes(data[at + 8 : at + 8 + length])
+                try:
+                    return raw.decode("utf-8"), at + 8 + length
+                except UnicodeDecodeError:
+                    return f"<not UTF-8: {raw.hex()}>", at + 8 + length
+
+            for key, kind, start, end in fields:
+                name = key.decode("utf-8", "backslashreplace")
+                if kind == _STRING:
+                    out[name] = string(start)[0]
+                elif kind != _ARRAY:
+                    out[name] = scalar(kind, start)
+                else:
+                    sub, count = struct.unpack_from(order + "IQ", data, start)
+                    if count > 16:
+                        digest = hashlib.sha256(data[start:end]).hexdigest()[:16]
+                        out[name] = f"<{count} items, sha256 {digest}>"
+                        continue
+                    items, at = [], start + 12
+                    for _ in range(count):
+                        if sub == _STRING:
+                            item, at = string(at)
+                        else:
+                            item, at = scalar(sub, at), at + _SCALAR_BYTES[sub]
+                        items.append(item)
+                    out[name] = items
+    except CorruptFileError:
         raise
-    except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"{dst}: could not write GGUF ({exc})") from None
-    finally:
-        writer.close()
+    except (struct.error, ValueError, OSError) as exc:
+        raise CorruptFileError(f"{path}: not a readable GGUF file ({type(exc).__name__})") from None
+    return out
+
+
+_SCALAR_FORMAT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def output_header(src: GGUFFile, tensors: list[tuple[str, str]]) -> tuple[bytes, list[tuple[int, int]], int]:
+    """A GGUF file like `src` holding `tensors` `[(name, source name)]` in that order: (its header, the
+    (offset in src's file, nbytes) of each tensor's data in order, the alignment each is padded to).
+
+    The header is src's own bytes up to the end of its metadata (only the tensor count changes: every
+    metadata pair is kept as written), then a tensor-info record per tensor with its data offset, padded
+    to the alignment, as gguf's GGUFWriter lays a file out. Why not GGUFWriter: it re-encodes the metadata
+    from GGUFReader's numpy views and writes the tensors from a memory map, so memory grew with the
+    file (1.25 GB for a 2.1 GB model); the conversion's writer copies the data in the kernel instead.
+    """
+    layout = src.layout
+    order, align = layout.order, layout.alignment
+    by_name = {t[0]: t for t in layout.tensors}
+    with open(src.path, "rb") as f:
+        head = bytearray(f.read(layout.metadata_end))
+    if len(head) != layout.metadata_end:
+        raise CorruptFileError(f"{src.path}: changed while it was read; run again")
+    struct.pack_into(order + "Q", head, 8, len(tensors))  # magic, version, then the tensor count
+    pieces, offset = [], 0
+    for name, source in tensors:
+        encoded = name.encode("utf-8")
+        head += struct.pack(order + "Q", len(encoded)) + encoded + layout.descriptions[source]
+        head += struct.pack(order + "Q", offset)
+        nbytes, data_offset = by_name[source][3], by_name[source][4]
+        pieces.append((data_offset, nbytes))
+        offset += nbytes + (-nbytes % align)
+    head += bytes(-len(head) % align)
+    return bytes(head), pieces, align

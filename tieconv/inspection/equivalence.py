@@ -300,7 +300,7 @@ def loader_view(report: Report) -> dict[str, Any]:
     def tie_holds(key: str) -> bool:
         return ties or (governed is not None and key not in governed)
 
-    view: dict[str, Any] = {key: key for key in ckpt.tensors}
+    view: dict[str, Any] = dict(zip(ckpt.tensors, ckpt.tensors))  # in C: a 90k-tensor index
     for dropped, kept in ckpt.aliases.items():
         view.setdefault(dropped, kept)
     partners: dict[str, list[str]] = {}
@@ -324,8 +324,12 @@ def loader_view(report: Report) -> dict[str, Any]:
 
     for key in sorted(wanted):
         view[key] = resolve(key)
-    # aliases may point at keys that only the tie map resolves
-    return {k: (v if v is RANDOM or v in ckpt.tensors else resolve(v)) for k, v in view.items()}
+    # aliases may point at keys that only the tie map resolves (every other entry is a stored key's own)
+    for key in sorted(wanted | ckpt.aliases.keys()):
+        value = view[key]
+        if value is not RANDOM and value not in ckpt.tensors:
+            view[key] = resolve(value)
+    return view
 
 
 # ---------------------------------------------------------------- the comparison
@@ -359,7 +363,7 @@ class _Comparison:
         with bar(total, "comparing") as progress:
             for p in params:
                 self._parameter(p, view_a, view_b, progress)
-        self._sharing_notes(view_a, view_b)
+        self._sharing_notes(view_a, view_b, linked)
         if self.one_file_bytes:
             self.out.notes.append(f"{human_bytes(self.one_file_bytes)} are the same bytes of one file on both sides "
                                   "(the same file, or hard links): equal without being read")
@@ -564,9 +568,16 @@ class _Comparison:
         return (ia is not None and ib is not None and ia[1:3] == ib[1:3]
                 and ta.offset is not None and ta.offset == tb.offset)
 
-    def _sharing_notes(self, view_a: dict[str, Any], view_b: dict[str, Any]) -> None:
-        """Sharing is not a value difference: say which parameters one side keeps as one tensor and the other not."""
-        both = [p for p in view_a.keys() & view_b.keys()
+    def _sharing_notes(self, view_a: dict[str, Any], view_b: dict[str, Any], linked: set[str]) -> None:
+        """Sharing is not a value difference: say which parameters one side keeps as one tensor and the other not.
+
+        A `linked` parameter is its own key in a safetensors file (each key its own bytes) on both sides: it
+        shares only with parameters a loader reads from its key, which are not linked; so only the others,
+        and the linked keys they point at, are looked at.
+        """
+        rest = (view_a.keys() & view_b.keys()) - linked
+        pointed_at = linked.intersection([view_a[p] for p in rest] + [view_b[p] for p in rest])
+        both = [p for p in rest | pointed_at
                 if isinstance(view_a[p], str) and isinstance(view_b[p], str) and p not in self.expected_values]
         groups_a, groups_b = _shared_groups(self.ca, view_a, both), _shared_groups(self.cb, view_b, both)
         differing = {d.parameter for d in self.out.values}
@@ -669,23 +680,9 @@ def _loader_config(report: Report) -> dict[str, Any] | None:
 
 def _gguf_metadata(ckpt: Checkpoint) -> dict[str, Any]:
     """GGUF key-value fields (not the header counts) as values; long arrays by a digest of their bytes."""
-    import hashlib
+    from ..formats.gguf_file import read_metadata
 
-    import gguf
-
-    reader = gguf.GGUFReader(ckpt.root / ckpt.files[0], "r")
-    out: dict[str, Any] = {}
-    for name, f in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue  # version, tensor and field counts: they follow from the rest
-        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY and len(f.data) > 16:
-            digest = hashlib.sha256()
-            for part in f.parts:  # the field's raw bytes (name, types, items)
-                digest.update(part.tobytes())
-            out[name] = f"<{len(f.data)} items, sha256 {digest.hexdigest()[:16]}>"
-        else:
-            out[name] = f.contents()
-    return out
+    return read_metadata(ckpt.root / ckpt.files[0])
 
 
 def _effective_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
