@@ -616,8 +616,10 @@ def tiny_config_dict(config: dict[str, Any]) -> dict[str, Any]:
     Sizes the default leaves unset (None: derived by the model, or left to a released config) are filled
     with the tiny value, and sizes that must agree keep agreeing: every `*hidden_size` of a sub-config is
     the one tiny hidden size, a multi-head default stays multi-head, lists of parts that sum to a size
-    (rotary sections, axial embeddings) are rescaled to the new size, layer counts that sum to the depth
-    make the depth, and per-layer lists of layer indices point at the kept layers. Across sub-configs:
+    (rotary sections, axial embeddings) are rescaled to the new size, bottlenecks keep their fraction of the
+    hidden size, layer counts that split the stack shrink part by part (a count equal to the depth stays
+    equal to it), per-layer lists of sizes shrink, and per-layer lists of layer indices point at the kept
+    layers. Across sub-configs:
     widths the default sets equal to a hidden size (an adapter's input, a codec's groups) stay equal to it,
     and layer indices into a stack (a vision feature layer) point into the tiny stack.
     """
@@ -865,7 +867,8 @@ def _layer_indices_in_depth(doc: dict[str, Any]) -> None:
     for key, value in doc.items():
         if isinstance(value, dict):
             _layer_indices_in_depth(value)
-        elif not isinstance(key, str) or not key.endswith("_layer") or key.startswith(("num_", "n_")):
+            continue
+        if not isinstance(key, str) or not key.endswith("_layer") or key.startswith(("num_", "n_")):
             continue  # n_layer, num_attention_heads_per_layer: counts, not indices
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or \
