@@ -323,6 +323,24 @@ def test_layer_counts_that_split_the_stack_shrink_part_by_part():
     assert parameters < TINY_PARAMETERS
 
 
+def test_live_learning_keeps_counts_that_split_the_stack_describing_it(tmp_path, monkeypatch):
+    """The skeleton tieconv learns from is cut to a shallow depth; Dory's validator requires its input,
+    recurrent and output blocks to sum to the depth, so they are cut part by part too (its released
+    72-layer config, not in the knowledge file: learned live)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    doc = transformers.DoryConfig().to_dict()
+    reduced = arch._reduced(doc, True)
+    assert reduced["n_input_layers"] + reduced["n_recurrent_layers"] + reduced["n_output_layers"] \
+        == reduced["num_hidden_layers"] < doc["num_hidden_layers"]
+    transformers.DoryConfig.from_dict(reduced)  # its validator accepts it
+    write_config(tmp_path, **{**doc, "architectures": ["DoryForCausalLM"], "tie_word_embeddings": True})
+    save_file({"backbone.embeddings.weight": torch.zeros(8, 4)}, tmp_path / "model.safetensors")  # as it saves
+    report = tieconv.inspect(tmp_path)
+    assert (report.verdict, report.embed.key, report.head.key) == ("tied", "backbone.embeddings.weight",
+                                                                   "lm_head.weight")
+    assert not any("could not build" in n for n in report.notes), report.notes
+
+
 def test_a_layer_count_equal_to_the_depth_stays_equal():
     # Gemma 4 unified assistant: every layer reads the KV cache of the target model
     doc, parameters = _tiny_build("gemma4_unified_assistant", "Gemma4UnifiedAssistantForCausalLM")

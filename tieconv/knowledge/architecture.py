@@ -394,6 +394,7 @@ def _reduced(config: dict[str, Any], tie: bool | None) -> dict[str, Any]:
     flags set to `tie`."""
     out = _sanitised(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
+        before = dict(d)
         depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 2}
         for key in DEPTH_KEYS:
             if isinstance(d.get(key), int) and d[key] > 2:
@@ -408,6 +409,8 @@ def _reduced(config: dict[str, Any], tie: bool | None) -> dict[str, Any]:
                 d[key] = _per_layer_list(value)
             elif isinstance(value, dict) and value and depths and all(str(k).isdigit() for k in value):
                 d[key] = _per_layer_dict(value, max(depths))
+        if depths:  # counts that split the stack (Dory's blocks sum to the depth) keep describing it
+            _layer_counts_follow_depth(before, d, max(depths))
         if tie is not None and d is out:
             d[FLAG] = tie
     if tie is not None:  # every sub-config's flag, so the skeleton shows transformers' full tie map
