@@ -264,3 +264,74 @@ def test_a_large_gguf_is_tied_in_bounded_memory(tmp_path):
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout.split()
     assert out[0] == "tied" and (tmp_path / "tied.gguf").stat().st_size > nbytes
     assert int(out[1]) // 1024 < 120, out  # MB, for 128 MB written and 256 MB compared
+
+
+def _patched_gguf(path, fields, replace):
+    """A llama GGUF written by gguf's writer with uint32 `fields` {key: value} (and a string field
+    general.name "QQ"), then bytes replaced in place (`replace` {old: new} of equal length): keys and
+    values gguf's writer refuses to write."""
+    writer = gguf.GGUFWriter(path, arch="llama")
+    for key, value in fields.items():
+        writer.add_uint32(key, value)
+    writer.add_string("general.name", "QQ")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    for old, new in replace.items():
+        assert len(old) == len(new) and data.count(old) == 1
+        data = data.replace(old, new)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("key", ["llama.block_count", "general.alignment"])
+def test_a_metadata_key_written_twice_is_refused(tmp_path, key):
+    """gguf's GGUFReader refuses a repeated key; read last-wins, diff called A (1 then 2) equivalent to
+    B (2), and a tie wrote a file GGUFReader cannot read (with two alignments, the data where one says)."""
+    twice = _patched_gguf(tmp_path / "twice.gguf", {key: 32, key[:-3] + "Xyz": 64},
+                          {key[:-3].encode() + b"Xyz": key.encode()})
+    once = _patched_gguf(tmp_path / "once.gguf", {key: 64}, {})
+    with pytest.raises(KeyError, match="Duplicate"):  # gguf's own reader
+        gguf.GGUFReader(twice)
+    with pytest.raises(CorruptFileError, match="appears twice"):
+        tieconv.diff(twice, once)
+    result = CliRunner().invoke(main, ["tie", str(twice), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "appears twice" in result.output and not (tmp_path / "tied.gguf").exists()
+
+
+def test_a_metadata_key_that_is_not_utf8_is_refused(tmp_path):
+    """Two keys, b"x.\\xff" and "x.\\\\xff", once read as one name (backslashreplace): the second hid the first."""
+    a = _patched_gguf(tmp_path / "a.gguf", {"x.A": 1, "x.\\xff": 2}, {b"x.A": b"x.\xff"})
+    b = _patched_gguf(tmp_path / "b.gguf", {"x.A": 2, "x.\\xff": 2}, {b"x.A": b"x.\xff"})
+    with pytest.raises(CorruptFileError, match="not UTF-8"):
+        tieconv.diff(a, b)
+    result = CliRunner().invoke(main, ["tie", str(a), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "not UTF-8" in result.output
+
+
+def test_a_string_value_that_is_not_utf8_differs_from_every_string(tmp_path):
+    """A value that is not UTF-8 once read as the string "<not UTF-8: ff..>", which a real string can hold."""
+    a = _patched_gguf(tmp_path / "a.gguf", {}, {b"QQ": b"\xff\xfe"})
+    b = _patched_gguf(tmp_path / "b.gguf", {}, {})
+    import tieconv.formats.gguf_file as gguf_file
+    marker = gguf_file.read_metadata(a)["general.name"]
+    writer = gguf.GGUFWriter(tmp_path / "c.gguf", arch="llama")
+    writer.add_string("general.name", f"<not UTF-8: {bytes([0xff, 0xfe]).hex()}>")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert marker != gguf_file.read_metadata(tmp_path / "c.gguf")["general.name"]
+    (name,) = tieconv.diff(a, tmp_path / "c.gguf").config
+    assert name.field == "general.name"
+    assert not tieconv.diff(a, b).equivalent
+    tieconv.tie(a, tmp_path / "tied.gguf")  # equal to itself: the conversion verifies
+    assert tieconv.diff(a, tmp_path / "tied.gguf").equivalent
+    result = CliRunner().invoke(main, ["diff", "--json", str(a), str(tmp_path / "c.gguf")])
+    assert result.exit_code == 0 and '"not UTF-8"' in result.output, result.output
