@@ -335,3 +335,22 @@ def test_a_string_value_that_is_not_utf8_differs_from_every_string(tmp_path):
     assert tieconv.diff(a, tmp_path / "tied.gguf").equivalent
     result = CliRunner().invoke(main, ["diff", "--json", str(a), str(tmp_path / "c.gguf")])
     assert result.exit_code == 0 and '"not UTF-8"' in result.output, result.output
+
+
+@pytest.mark.parametrize("add", ["add_uint64", "add_string"])
+def test_an_alignment_that_is_not_uint32_is_refused(tmp_path, add):
+    """GGUFReader refuses it and llama.cpp asserts on it; read as absent (32), a tie wrote a file neither reads."""
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    getattr(writer, add)("general.alignment", 64 if add == "add_uint64" else "64")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="general.alignment"):  # gguf's own reader
+        gguf.GGUFReader(path)
+    result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "general.alignment is of value type" in result.output, result.output
+    assert not (tmp_path / "tied.gguf").exists()

@@ -211,6 +211,9 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
             raise CorruptFileError(f"{path}: metadata key {key[:80]!r} is not UTF-8; re-convert or re-download it") \
                 from None
         kind = u32(key_end)
+        if key == b"general.alignment" and kind != 4:  # GGUFReader refuses it, llama.cpp asserts
+            raise CorruptFileError(f"{path}: general.alignment is of value type {kind}, not uint32 (4), so where "
+                                   "the data lies is unknown; re-convert the file")
         pos = value_start = key_end + 4
         items += 1
         if kind == _STRING:
@@ -236,7 +239,7 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
             else:  # arrays of arrays: gguf's writer never nests them
                 raise CorruptFileError(f"{path}: metadata array of type {sub} is not supported")
         elif kind in _SCALAR_BYTES:
-            if key == b"general.alignment" and kind == 4:
+            if key == b"general.alignment":
                 alignment = u32(pos)
             pos += _SCALAR_BYTES[kind]
         else:
