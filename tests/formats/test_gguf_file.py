@@ -354,3 +354,27 @@ def test_an_alignment_that_is_not_uint32_is_refused(tmp_path, add):
     result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
     assert result.exit_code == 2 and "general.alignment is of value type" in result.output, result.output
     assert not (tmp_path / "tied.gguf").exists()
+
+
+def test_a_quantized_row_that_is_no_whole_number_of_blocks_is_refused(tmp_path):
+    """A Q8_0 tensor whose rows hold 33 elements (blocks of 32): its size was rounded down and a tie copied
+    that many bytes; GGUFReader and llama.cpp refuse such a file."""
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    q8 = np.zeros((8, 34), dtype=np.uint8)  # 8 rows of one Q8_0 block (32 elements in 34 bytes)
+    writer.add_tensor("token_embd.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output.weight", q8.copy(), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = bytearray(path.read_bytes())
+    for name in (b"token_embd.weight", b"output.weight"):
+        dims_at = data.index(name) + len(name) + 4  # after the name: n_dims (u32), then ne0
+        assert int.from_bytes(data[dims_at:dims_at + 8], "little") == 32
+        data[dims_at:dims_at + 8] = (33).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not a multiple"):  # gguf's own reader
+        gguf.GGUFReader(path)
+    result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "not a multiple of its Q8_0 blocks of 32" in result.output, result.output

@@ -271,6 +271,9 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
             block_size, type_size = GGML_QUANT_SIZES[tensor_type]
         except (ValueError, KeyError):
             raise CorruptFileError(f"{path}: tensor {name[:80]!r} has unknown type {type_id}") from None
+        if dims and dims[0] % block_size:  # its size is no whole number of blocks (llama.cpp and GGUFReader refuse it)
+            raise CorruptFileError(f"{path}: tensor {name[:80]!r} has rows of {dims[0]} elements, not a multiple of "
+                                   f"its {tensor_type.name} blocks of {block_size}")
         numel = 1
         for d in dims:
             numel *= d
