@@ -378,3 +378,25 @@ def test_a_quantized_row_that_is_no_whole_number_of_blocks_is_refused(tmp_path):
         gguf.GGUFReader(path)
     result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
     assert result.exit_code == 2 and "not a multiple of its Q8_0 blocks of 32" in result.output, result.output
+
+
+def test_a_gguf_without_its_embedding_names_it_as_llama_cpp_does(tmp_path):
+    """A lone output.weight in a GGUF is llama.cpp's head: the embedding it lacks is token_embd.weight (Meta's
+    tok_embeddings.weight was found first, and a tie wrote the head under that name, which llama.cpp never
+    reads)."""
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))
+    head = np.arange(32, dtype=np.float32).reshape(8, 4)
+    writer.add_tensor("output.weight", head)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    report = tieconv.inspect(path)
+    assert (report.verdict, report.embed.key, report.head.key) == \
+        ("embed-missing", "token_embd.weight", "output.weight")
+    tieconv.tie(path, tmp_path / "tied.gguf")
+    tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(tmp_path / "tied.gguf").tensors}
+    assert sorted(tensors) == ["blk.0.attn_norm.weight", "token_embd.weight"]
+    assert np.array_equal(tensors["token_embd.weight"], head)
