@@ -274,3 +274,82 @@ def test_classes_the_old_rule_could_not_build_now_build(model_type, name):
     cls = getattr(transformers, name)
     with torch.device("meta"):
         cls(sweep.tiny_config(sweep.config_class_for(model_type, cls), True))
+
+
+def _tiny_build(model_type: str, name: str) -> tuple[dict, int]:
+    """The class's tiny config (as a dict) and the parameter count of the model transformers builds from it."""
+    cls = getattr(transformers, name)
+    config = sweep.tiny_config(sweep.config_class_for(model_type, cls), True)
+    with torch.device("meta"):
+        model = cls(config)
+    return config.to_dict(), sum(p.numel() for p in model.parameters())
+
+
+TINY_PARAMETERS = 2_000_000  # a Llama at the tiny sizes has about 100k; the full-size defaults have billions
+
+
+def test_widths_equal_to_a_hidden_size_follow_it():
+    # Dots3Note: each adapter's input width is its encoder's hidden size, its output the text hidden size
+    doc, parameters = _tiny_build("dots3_note", "Dots3NoteForConditionalGeneration")
+    vision, audio, text = doc["vision_config"], doc["audio_config"], doc["text_config"]
+    assert vision["adapter_in_dim"] == vision["hidden_size"] and audio["adapter_input_size"] == audio["hidden_size"]
+    assert vision["adapter_out_dim"] == audio["adapter_out_dim"] == text["hidden_size"] == arch.TINY_HIDDEN
+    assert parameters < TINY_PARAMETERS
+    # Kyutai STT: the codec's depthwise upsampling has as many groups as channels
+    doc, parameters = _tiny_build("kyutai_speech_to_text", "KyutaiSpeechToTextForConditionalGeneration")
+    assert doc["codec_config"]["upsample_groups"] == doc["codec_config"]["hidden_size"] == arch.TINY_HIDDEN
+
+
+def test_a_bottleneck_keeps_its_fraction_of_the_hidden_size():
+    # FunAsrNano: the adaptor's intermediate size is the text hidden size // 4 (not the usual 2x)
+    doc, parameters = _tiny_build("fun_asr_nano", "FunAsrNanoForConditionalGeneration")
+    assert doc["adaptor_config"]["intermediate_size"] == doc["text_config"]["hidden_size"] // 4
+    assert parameters < TINY_PARAMETERS
+
+
+def test_layer_counts_that_split_the_stack_shrink_part_by_part():
+    # Dory: input + recurrent + output blocks sum to the depth; each part keeps its first and last layer, so
+    # the (attention, mlp) pairs its config stores stay pairs
+    doc, parameters = _tiny_build("dory", "DoryForCausalLM")
+    assert doc["n_input_layers"] + doc["n_recurrent_layers"] + doc["n_output_layers"] == doc["num_hidden_layers"]
+    assert doc["num_hidden_layers"] <= 2 * 3 and parameters < TINY_PARAMETERS
+    # Gemma 3n: the last 15 of 35 layers reuse the KV cache of earlier layers of their kind; the layers before
+    # them and the shared ones each keep a sliding and a full layer
+    doc, parameters = _tiny_build("gemma3n_text", "Gemma3nForCausalLM")
+    shared = doc["num_kv_shared_layers"]
+    assert 0 < shared < doc["num_hidden_layers"] <= 4
+    assert set(doc["layer_types"][:-shared]) == set(doc["layer_types"]) == {"sliding_attention", "full_attention"}
+    assert len(doc["intermediate_size"]) == doc["num_hidden_layers"] and max(doc["intermediate_size"]) <= 128
+    assert parameters < TINY_PARAMETERS
+
+
+def test_live_learning_keeps_counts_that_split_the_stack_describing_it(tmp_path, monkeypatch):
+    """The skeleton tieconv learns from is cut to a shallow depth; Dory's validator requires its input,
+    recurrent and output blocks to sum to the depth, so they are cut part by part too (its released
+    72-layer config, not in the knowledge file: learned live)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    doc = transformers.DoryConfig().to_dict()
+    reduced = arch._reduced(doc, True)
+    assert reduced["n_input_layers"] + reduced["n_recurrent_layers"] + reduced["n_output_layers"] \
+        == reduced["num_hidden_layers"] < doc["num_hidden_layers"]
+    transformers.DoryConfig.from_dict(reduced)  # its validator accepts it
+    write_config(tmp_path, **{**doc, "architectures": ["DoryForCausalLM"], "tie_word_embeddings": True})
+    save_file({"backbone.embeddings.weight": torch.zeros(8, 4)}, tmp_path / "model.safetensors")  # as it saves
+    report = tieconv.inspect(tmp_path)
+    assert (report.verdict, report.embed.key, report.head.key) == ("tied", "backbone.embeddings.weight",
+                                                                   "lm_head.weight")
+    assert not any("could not build" in n for n in report.notes), report.notes
+
+
+def test_a_layer_count_equal_to_the_depth_stays_equal():
+    # Gemma 4 unified assistant: every layer reads the KV cache of the target model
+    doc, parameters = _tiny_build("gemma4_unified_assistant", "Gemma4UnifiedAssistantForCausalLM")
+    assert doc["text_config"]["num_kv_shared_layers"] == doc["text_config"]["num_hidden_layers"] == arch.TINY_LAYERS
+    assert parameters < TINY_PARAMETERS
+
+
+def test_layer_indices_into_a_stack_point_into_the_tiny_stack():
+    # Molmo2: the adapter reads vision layers [24, 18] of 25; the tiny vision tower has 2
+    doc, parameters = _tiny_build("molmo2", "Molmo2ForConditionalGeneration")
+    assert doc["adapter_config"]["vision_feature_layer"] == [1, 0]
+    assert doc["vision_config"]["num_hidden_layers"] == arch.TINY_LAYERS and parameters < TINY_PARAMETERS

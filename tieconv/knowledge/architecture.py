@@ -394,6 +394,7 @@ def _reduced(config: dict[str, Any], tie: bool | None) -> dict[str, Any]:
     flags set to `tie`."""
     out = _sanitised(config)
     for d in [out] + [v for k, v in out.items() if k.endswith("_config") and isinstance(v, dict)]:
+        before = dict(d)
         depths = {d[key] for key in DEPTH_KEYS if isinstance(d.get(key), int) and d[key] > 2}
         for key in DEPTH_KEYS:
             if isinstance(d.get(key), int) and d[key] > 2:
@@ -408,6 +409,8 @@ def _reduced(config: dict[str, Any], tie: bool | None) -> dict[str, Any]:
                 d[key] = _per_layer_list(value)
             elif isinstance(value, dict) and value and depths and all(str(k).isdigit() for k in value):
                 d[key] = _per_layer_dict(value, max(depths))
+        if depths:  # counts that split the stack (Dory's blocks sum to the depth) keep describing it
+            _layer_counts_follow_depth(before, d, max(depths))
         if tie is not None and d is out:
             d[FLAG] = tie
     if tie is not None:  # every sub-config's flag, so the skeleton shows transformers' full tie map
@@ -602,6 +605,11 @@ LAYER_KEYS = {"num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder
 # State-space blocks: heads x head size must equal expand x hidden (Mamba-2, Bamba, GraniteMoeHybrid)
 SSM_KEYS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
 SSM_WIDTH_KEYS = ("mamba_d_ssm",)  # where set, the width heads x head size must equal instead (Falcon-H1)
+# Widths: an int under such a name that equals a hidden size in the default is that hidden size
+WIDTH_SUFFIXES = ("_dim", "_size", "_groups", "_channels")
+# ...unless the name says it counts something else (entries, positions, pixels, samples, tokens)
+NOT_WIDTHS = ("vocab", "codebook_size", "position", "window", "image", "patch", "sampling", "chunk", "bucket",
+              "max_", "length", "kernel", "stride", "batch", "frame", "_id")
 
 
 def tiny_config_dict(config: dict[str, Any]) -> dict[str, Any]:
@@ -611,10 +619,16 @@ def tiny_config_dict(config: dict[str, Any]) -> dict[str, Any]:
     Sizes the default leaves unset (None: derived by the model, or left to a released config) are filled
     with the tiny value, and sizes that must agree keep agreeing: every `*hidden_size` of a sub-config is
     the one tiny hidden size, a multi-head default stays multi-head, lists of parts that sum to a size
-    (rotary sections, axial embeddings) are rescaled to the new size, layer counts that sum to the depth
-    make the depth, and per-layer lists of layer indices point at the kept layers.
+    (rotary sections, axial embeddings) are rescaled to the new size, bottlenecks keep their fraction of the
+    hidden size, layer counts that split the stack shrink part by part (a count equal to the depth stays
+    equal to it), per-layer lists of sizes shrink, and per-layer lists of layer indices point at the kept
+    layers. Across sub-configs:
+    widths the default sets equal to a hidden size (an adapter's input, a codec's groups) stay equal to it,
+    and layer indices into a stack (a vision feature layer) point into the tiny stack.
     """
     doc = _shrink(config)
+    _follow_hidden_sizes(config, doc, _hidden_sizes(config))
+    _layer_indices_in_depth(doc)
     _token_ids_in_vocab(doc, list(range(TINY_VOCAB - 64, TINY_VOCAB)))
     for k in ("auto_map", "quantization_config", "_name_or_path"):
         doc.pop(k, None)
@@ -670,7 +684,7 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
             continue
         elif isinstance(value, list):
             if old_layers and len(value) in old_layers:
-                out[key] = _per_layer_list(value)
+                out[key] = _sizes_shrunk(key, _per_layer_list(value))
             elif key == "depths" and all(isinstance(v, int) and v > 1 for v in value):
                 out[key] = [1] * len(value)  # layers per stage (Swin, audio codecs): one each
         elif value is None or isinstance(value, int):
@@ -679,6 +693,13 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
                 out[key] = tiny
     _keep_agreements(d, out, max(old_layers, default=0))
     return out
+
+
+def _sizes_shrunk(key: str, values: list[Any]) -> list[Any]:
+    """A per-layer list of a size (Gemma 3n's intermediate size per layer) shrunk as that size is."""
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return values
+    return [v if (tiny := _tiny_size(key, v)) is None else tiny for v in values]
 
 
 def _per_layer_list(values: list[Any], depth: int = TINY_LAYERS) -> list[Any]:
@@ -744,18 +765,120 @@ def _keep_agreements(old: dict[str, Any], new: dict[str, Any], old_depth: int) -
                     if sum(value) == was and was != now:
                         container[key] = _parts(list(value), now)
                         break
-    # layer counts that sum to the depth (input + recurrent + output blocks) make the new depth
+    # a bottleneck (an intermediate size a whole fraction of the hidden size) keeps its fraction, where a
+    # validator derives it from a hidden size (FunAsrNano's adaptor: the text hidden size // 4)
+    if hidden:
+        for key, value in old.items():
+            if isinstance(key, str) and "intermediate_size" in key and isinstance(value, int) and \
+                    not isinstance(value, bool) and 0 < value < old[hidden] and old[hidden] % value == 0 and \
+                    size(hidden) % (old[hidden] // value) == 0:
+                new[key] = size(hidden) // (old[hidden] // value)
+    _layer_counts_follow_depth(old, new, old_depth)
+
+
+def _layer_counts_follow_depth(old: dict[str, Any], new: dict[str, Any], old_depth: int) -> None:
+    """Counts of layers (`*_layers`) that describe the depth keep describing the tiny depth.
+
+    Counts that split the stack into parts (Dory's input + recurrent + output blocks, which sum to the depth;
+    Gemma 3n's last KV-sharing layers, a count that cuts the stack where its per-layer pattern repeats):
+    each part shrinks as a stack of its own, to its first and last layer, and per-layer lists are cut part
+    by part, so every part keeps its kinds (a part of a repeating pattern keeps its first and last kind).
+    A count equal to the depth (every layer windowed, every layer shared) stays equal to it.
+    """
     depth_key = next((k for k in sorted(LAYER_KEYS) if old.get(k) == old_depth), None) if old_depth else None
-    parts = [k for k, v in old.items() if k != depth_key and isinstance(k, str) and k.endswith("_layers")
-             and k not in LAYER_KEYS
-             and isinstance(v, int) and not isinstance(v, bool) and v > 0]
-    if depth_key and len(parts) > 1 and sum(old[k] for k in parts) == old_depth:
-        for k in parts:
-            new[k] = 1
-        new[depth_key] = len(parts)
+    if depth_key is None:
+        return
+    counts = [k for k, v in old.items() if k != depth_key and isinstance(k, str) and k.endswith("_layers")
+              and k not in LAYER_KEYS and isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    parts: list[str | None] = []
+    if len(counts) > 1 and sum(old[k] for k in counts) == old_depth:
+        parts = list(counts)
+    else:
+        period = next((_period(v) for k, v in old.items() if isinstance(k, str) and k.endswith("_types")
+                       and isinstance(v, list) and len(v) == old_depth and _period(v)), None)
+        trailing = [k for k in counts if period and old[k] < old_depth and old[k] % period == 0
+                    and old_depth % period == 0 and "every" not in k]  # every_n_layers: a period, not a part
+        if len(trailing) == 1:
+            parts = [None, trailing[0]]  # None: the layers before the trailing part
+    if parts:
+        old_sizes = [old_depth - sum(old[k] for k in parts if k) if k is None else old[k] for k in parts]
+        new_sizes = [min(n, TINY_LAYERS) for n in old_sizes]
+        for k, n in zip(parts, new_sizes):
+            if k is not None:
+                new[k] = n
+        new[depth_key] = sum(new_sizes)
         for k, v in old.items():
             if isinstance(v, list) and len(v) == old_depth:
-                new[k] = _per_layer_list(v, len(parts))
+                new[k] = _sizes_shrunk(k, _per_part_list(v, old_sizes)) if not _is_layer_index_list(v) else \
+                    _per_layer_list(v, new[depth_key])
+    for k in counts:
+        if k not in parts and old[k] == old_depth:
+            new[k] = new[depth_key]
+
+
+def _period(values: list[Any]) -> int | None:
+    """The length of the pattern a per-layer list repeats (sliding x4, full), None if uniform or none."""
+    if len({repr(v) for v in values}) < 2:
+        return None
+    return next((p for p in range(2, len(values) // 2 + 1)
+                 if all(v == values[i % p] for i, v in enumerate(values))), None)
+
+
+def _per_part_list(values: list[Any], part_sizes: list[int]) -> list[Any]:
+    """A per-layer list cut part by part: each part's first and last entries."""
+    out: list[Any] = []
+    start = 0
+    for n in part_sizes:
+        part = values[start:start + n]
+        out += part if n <= TINY_LAYERS else part[:TINY_LAYERS - 1] + part[-1:]
+        start += n
+    return out
+
+
+def _is_layer_index_list(values: list[Any]) -> bool:
+    """Each layer names itself or an earlier one (KV sharing)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= i for i, v in enumerate(values))
+
+
+def _hidden_sizes(config: dict[str, Any]) -> set[int]:
+    """Every hidden size in a config and its sub-configs that the rule shrinks."""
+    found = {v for k, v in config.items() if isinstance(k, str) and (k in HIDDEN_KEYS or "hidden_size" in k)
+             and isinstance(v, int) and not isinstance(v, bool) and v > TINY_HIDDEN}
+    for value in config.values():
+        if isinstance(value, dict):
+            found |= _hidden_sizes(value)
+    return found
+
+
+def _follow_hidden_sizes(old: dict[str, Any], new: dict[str, Any], hidden_sizes: set[int]) -> None:
+    """Widths the default sets equal to a hidden size, here or in another sub-config, left unchanged by the
+    rest of the rule, become the tiny hidden size: transformers requires many of them to agree (an adapter's
+    input and output width, WavTokenizer's codebook width, a codec's depthwise groups), and every hidden
+    size is the same tiny one."""
+    for key, value in old.items():
+        if isinstance(value, dict) and isinstance(new.get(key), dict):
+            _follow_hidden_sizes(value, new[key], hidden_sizes)
+        elif isinstance(key, str) and key.endswith(WIDTH_SUFFIXES) and not any(w in key for w in NOT_WIDTHS) \
+                and isinstance(value, int) and not isinstance(value, bool) and value in hidden_sizes \
+                and new.get(key) == value:
+            new[key] = TINY_HIDDEN
+
+
+def _layer_indices_in_depth(doc: dict[str, Any]) -> None:
+    """Layer indices into a stack (`*_layer`: an int or a list, Molmo2's `vision_feature_layer` [24, 18]) at or
+    beyond the tiny depth point into it: the deepest at the last layer, the others at the first."""
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            _layer_indices_in_depth(value)
+            continue
+        if not isinstance(key, str) or not key.endswith("_layer") or key.startswith(("num_", "n_")):
+            continue  # n_layer, num_attention_heads_per_layer: counts, not indices
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or \
+                max(values) < TINY_LAYERS:
+            continue
+        moved = [v if v < 0 else TINY_LAYERS - 1 if v == max(values) else 0 for v in values]
+        doc[key] = moved if isinstance(value, list) else moved[0]
 
 
 def _parts(values: list[int], total: int) -> list[int]:
