@@ -264,3 +264,139 @@ def test_a_large_gguf_is_tied_in_bounded_memory(tmp_path):
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout.split()
     assert out[0] == "tied" and (tmp_path / "tied.gguf").stat().st_size > nbytes
     assert int(out[1]) // 1024 < 120, out  # MB, for 128 MB written and 256 MB compared
+
+
+def _patched_gguf(path, fields, replace):
+    """A llama GGUF written by gguf's writer with uint32 `fields` {key: value} (and a string field
+    general.name "QQ"), then bytes replaced in place (`replace` {old: new} of equal length): keys and
+    values gguf's writer refuses to write."""
+    writer = gguf.GGUFWriter(path, arch="llama")
+    for key, value in fields.items():
+        writer.add_uint32(key, value)
+    writer.add_string("general.name", "QQ")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    for old, new in replace.items():
+        assert len(old) == len(new) and data.count(old) == 1
+        data = data.replace(old, new)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("key", ["llama.block_count", "general.alignment"])
+def test_a_metadata_key_written_twice_is_refused(tmp_path, key):
+    """gguf's GGUFReader refuses a repeated key; read last-wins, diff called A (1 then 2) equivalent to
+    B (2), and a tie wrote a file GGUFReader cannot read (with two alignments, the data where one says)."""
+    twice = _patched_gguf(tmp_path / "twice.gguf", {key: 32, key[:-3] + "Xyz": 64},
+                          {key[:-3].encode() + b"Xyz": key.encode()})
+    once = _patched_gguf(tmp_path / "once.gguf", {key: 64}, {})
+    with pytest.raises(KeyError, match="Duplicate"):  # gguf's own reader
+        gguf.GGUFReader(twice)
+    with pytest.raises(CorruptFileError, match="appears twice"):
+        tieconv.diff(twice, once)
+    result = CliRunner().invoke(main, ["tie", str(twice), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "appears twice" in result.output and not (tmp_path / "tied.gguf").exists()
+
+
+def test_a_metadata_key_that_is_not_utf8_is_refused(tmp_path):
+    """Two keys, b"x.\\xff" and "x.\\\\xff", once read as one name (backslashreplace): the second hid the first."""
+    a = _patched_gguf(tmp_path / "a.gguf", {"x.A": 1, "x.\\xff": 2}, {b"x.A": b"x.\xff"})
+    b = _patched_gguf(tmp_path / "b.gguf", {"x.A": 2, "x.\\xff": 2}, {b"x.A": b"x.\xff"})
+    with pytest.raises(CorruptFileError, match="not UTF-8"):
+        tieconv.diff(a, b)
+    result = CliRunner().invoke(main, ["tie", str(a), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "not UTF-8" in result.output
+
+
+def test_a_string_value_that_is_not_utf8_differs_from_every_string(tmp_path):
+    """A value that is not UTF-8 once read as the string "<not UTF-8: ff..>", which a real string can hold."""
+    a = _patched_gguf(tmp_path / "a.gguf", {}, {b"QQ": b"\xff\xfe"})
+    b = _patched_gguf(tmp_path / "b.gguf", {}, {})
+    import tieconv.formats.gguf_file as gguf_file
+    marker = gguf_file.read_metadata(a)["general.name"]
+    writer = gguf.GGUFWriter(tmp_path / "c.gguf", arch="llama")
+    writer.add_string("general.name", f"<not UTF-8: {bytes([0xff, 0xfe]).hex()}>")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert marker != gguf_file.read_metadata(tmp_path / "c.gguf")["general.name"]
+    (name,) = tieconv.diff(a, tmp_path / "c.gguf").config
+    assert name.field == "general.name"
+    assert not tieconv.diff(a, b).equivalent
+    tieconv.tie(a, tmp_path / "tied.gguf")  # equal to itself: the conversion verifies
+    assert tieconv.diff(a, tmp_path / "tied.gguf").equivalent
+    result = CliRunner().invoke(main, ["diff", "--json", str(a), str(tmp_path / "c.gguf")])
+    assert result.exit_code == 0 and '"not UTF-8"' in result.output, result.output
+
+
+@pytest.mark.parametrize("add", ["add_uint64", "add_string"])
+def test_an_alignment_that_is_not_uint32_is_refused(tmp_path, add):
+    """GGUFReader refuses it and llama.cpp asserts on it; read as absent (32), a tie wrote a file neither reads."""
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    getattr(writer, add)("general.alignment", 64 if add == "add_uint64" else "64")
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="general.alignment"):  # gguf's own reader
+        gguf.GGUFReader(path)
+    result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "general.alignment is of value type" in result.output, result.output
+    assert not (tmp_path / "tied.gguf").exists()
+
+
+def test_a_quantized_row_that_is_no_whole_number_of_blocks_is_refused(tmp_path):
+    """A Q8_0 tensor whose rows hold 33 elements (blocks of 32): its size was rounded down and a tie copied
+    that many bytes; GGUFReader and llama.cpp refuse such a file."""
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    q8 = np.zeros((8, 34), dtype=np.uint8)  # 8 rows of one Q8_0 block (32 elements in 34 bytes)
+    writer.add_tensor("token_embd.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output.weight", q8.copy(), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = bytearray(path.read_bytes())
+    for name in (b"token_embd.weight", b"output.weight"):
+        dims_at = data.index(name) + len(name) + 4  # after the name: n_dims (u32), then ne0
+        assert int.from_bytes(data[dims_at:dims_at + 8], "little") == 32
+        data[dims_at:dims_at + 8] = (33).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not a multiple"):  # gguf's own reader
+        gguf.GGUFReader(path)
+    result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
+    assert result.exit_code == 2 and "not a multiple of its Q8_0 blocks of 32" in result.output, result.output
+
+
+def test_a_gguf_without_its_embedding_names_it_as_llama_cpp_does(tmp_path):
+    """A lone output.weight in a GGUF is llama.cpp's head: the embedding it lacks is token_embd.weight (Meta's
+    tok_embeddings.weight was found first, and a tie wrote the head under that name, which llama.cpp never
+    reads)."""
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))
+    head = np.arange(32, dtype=np.float32).reshape(8, 4)
+    writer.add_tensor("output.weight", head)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    report = tieconv.inspect(path)
+    assert (report.verdict, report.embed.key, report.head.key) == \
+        ("embed-missing", "token_embd.weight", "output.weight")
+    tieconv.tie(path, tmp_path / "tied.gguf")
+    tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(tmp_path / "tied.gguf").tensors}
+    assert sorted(tensors) == ["blk.0.attn_norm.weight", "token_embd.weight"]
+    assert np.array_equal(tensors["token_embd.weight"], head)

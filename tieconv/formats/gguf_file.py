@@ -196,10 +196,24 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
         return CorruptFileError(f"{path}: metadata holds over {MAX_GGUF_STRINGS} strings or {MAX_GGUF_ITEMS} values, "
                                 "far more than a real model; refusing it")
 
+    keys: set[bytes] = set()
     for _ in range(n_kv):
         key_end = skip_string(pos)
         key = bytes(data[pos + 8 : key_end])
+        # as gguf's GGUFReader: a key twice (which one counts? general.alignment decides where the data lies)
+        # or not UTF-8 (the spec's keys are ASCII) is refused, so every key names one value
+        if key in keys:
+            raise CorruptFileError(f"{path}: metadata key {key[:80]!r} appears twice; re-convert or re-download it")
+        keys.add(key)
+        try:
+            key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{path}: metadata key {key[:80]!r} is not UTF-8; re-convert or re-download it") \
+                from None
         kind = u32(key_end)
+        if key == b"general.alignment" and kind != 4:  # GGUFReader refuses it, llama.cpp asserts
+            raise CorruptFileError(f"{path}: general.alignment is of value type {kind}, not uint32 (4), so where "
+                                   "the data lies is unknown; re-convert the file")
         pos = value_start = key_end + 4
         items += 1
         if kind == _STRING:
@@ -225,7 +239,7 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
             else:  # arrays of arrays: gguf's writer never nests them
                 raise CorruptFileError(f"{path}: metadata array of type {sub} is not supported")
         elif kind in _SCALAR_BYTES:
-            if key == b"general.alignment" and kind == 4:
+            if key == b"general.alignment":
                 alignment = u32(pos)
             pos += _SCALAR_BYTES[kind]
         else:
@@ -257,6 +271,9 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
             block_size, type_size = GGML_QUANT_SIZES[tensor_type]
         except (ValueError, KeyError):
             raise CorruptFileError(f"{path}: tensor {name[:80]!r} has unknown type {type_id}") from None
+        if dims and dims[0] % block_size:  # its size is no whole number of blocks (llama.cpp and GGUFReader refuse it)
+            raise CorruptFileError(f"{path}: tensor {name[:80]!r} has rows of {dims[0]} elements, not a multiple of "
+                                   f"its {tensor_type.name} blocks of {block_size}")
         numel = 1
         for d in dims:
             numel *= d
@@ -310,16 +327,16 @@ def read_metadata(path: Path) -> dict[str, Any]:
             def scalar(kind: int, at: int) -> Any:
                 return struct.unpack_from(order + _SCALAR_FORMAT[kind], data, at)[0]
 
-            def string(at: int) -> tuple[str, int]:
+            def string(at: int) -> tuple[str | tuple[str, str], int]:
                 length = struct.unpack_from(order + "Q", data, at)[0]
                 raw = bytes(data[at + 8 : at + 8 + length])
                 try:
                     return raw.decode("utf-8"), at + 8 + length
-                except UnicodeDecodeError:
-                    return f"<not UTF-8: {raw.hex()}>", at + 8 + length
+                except UnicodeDecodeError:  # a tuple, which no string or (list) array compares equal to
+                    return ("not UTF-8", raw.hex()), at + 8 + length
 
             for key, kind, start, end in fields:
-                name = key.decode("utf-8", "backslashreplace")
+                name = key.decode("utf-8")  # the stepper refused keys that are not
                 if kind == _STRING:
                     out[name] = string(start)[0]
                 elif kind != _ARRAY:

@@ -13,7 +13,7 @@ from ..knowledge import architecture as arch
 from ..formats.checkpoint import Checkpoint, StoredTensor, open_checkpoint, read_member_json
 from .compare import bytes_identical, equal_after_cast
 from ..errors import InputError, TieconvError, UnsupportedCheckpointError
-from ..knowledge.names import find_pair
+from ..knowledge.names import GGUF_PAIRS, KNOWN_PAIRS, find_pair
 from .report import ByteCounts, Parameters, Report, TensorInfo, TieFlag, TieGroup, human_bytes
 from ..formats.safetensors_header import FLOAT_DTYPES
 from .verdicts import TABLE, Verdict
@@ -207,7 +207,7 @@ def resolve_names(ckpt: Checkpoint, notes: list[str], embed: str | None = None, 
         return _names_from_architecture(ckpt, info, embed, head)
 
     flag = _flag_without_architecture(ckpt)
-    pair = find_pair(list(ckpt.tensors) + list(ckpt.aliases))
+    pair = find_pair(list(ckpt.tensors) + list(ckpt.aliases), GGUF_PAIRS if ckpt.layout == "gguf" else KNOWN_PAIRS)
     if pair is None and not (embed and head):
         sample = ", ".join(sorted(ckpt.tensors)[:6])
         raise InputError(

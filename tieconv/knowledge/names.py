@@ -30,6 +30,7 @@ KNOWN_PAIRS: tuple[tuple[str, str | None], ...] = (
     ("embeddings.word_embeddings.weight", None),  # encoders without a head
     ("token_embd.weight", "output.weight"),  # GGUF
 )
+GGUF_PAIRS = KNOWN_PAIRS[-1:]  # llama.cpp's names, the only ones a GGUF file uses
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -43,8 +44,10 @@ def strip_wrappers(key: str) -> str:
     return key
 
 
-def find_pair(keys: Iterable[str]) -> tuple[str, str | None] | None:
-    """(embedding key, head key) as stored, or None when no known name is present.
+def find_pair(keys: Iterable[str], pairs: tuple[tuple[str, str | None], ...] = KNOWN_PAIRS
+              ) -> tuple[str, str | None] | None:
+    """(embedding key, head key) as stored, or None when no known name is present (`pairs`: those looked for;
+    a GGUF file's lone `output.weight` is llama.cpp's head, not Meta's, whose embedding is `tok_embeddings`).
 
     When the head is not stored, the head key returned is the family's canonical one
     (with the same wrapper prefix as the embedding).
@@ -54,7 +57,7 @@ def find_pair(keys: Iterable[str]) -> tuple[str, str | None] | None:
         by_plain.setdefault(strip_wrappers(key), key)
     # a stored embedding decides the family; only then may a lone stored head
     for need_embed in (True, False):
-        for embed, head in KNOWN_PAIRS:
+        for embed, head in pairs:
             present = embed in by_plain if need_embed else bool(head and head in by_plain)
             if present:
                 stored_embed = by_plain.get(embed)
