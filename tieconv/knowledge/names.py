@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+GGUF_PAIRS: tuple[tuple[str, str | None], ...] = (("token_embd.weight", "output.weight"),)  # llama.cpp's: in GGUF
 KNOWN_PAIRS: tuple[tuple[str, str | None], ...] = (
     ("model.embed_tokens.weight", "lm_head.weight"),  # Llama, Mistral, Qwen, Gemma, Phi...
     ("tok_embeddings.weight", "output.weight"),  # Meta original, TorchChat, torchtune
@@ -28,9 +29,8 @@ KNOWN_PAIRS: tuple[tuple[str, str | None], ...] = (
     ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),
     ("roberta.embeddings.word_embeddings.weight", "lm_head.decoder.weight"),
     ("embeddings.word_embeddings.weight", None),  # encoders without a head
-    ("token_embd.weight", "output.weight"),  # GGUF
+    *GGUF_PAIRS,
 )
-GGUF_PAIRS = KNOWN_PAIRS[-1:]  # llama.cpp's names, the only ones a GGUF file uses
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
