@@ -43,6 +43,7 @@ FAMILIES = [
     ("bigbird_pegasus", "BigBirdPegasusForCausalLM"),
     ("bailing_hybrid", "BailingHybridForCausalLM"),  # saved as model.word_embeddings
     ("inkling2_text", "Inkling2ForCausalLM"),  # the head saved as model.llm.unembed (a converter pads it)
+    ("molmo2", "Molmo2ForConditionalGeneration"),  # the embedding saved in two parts, joined on load
     ("wav2vec2", "Wav2Vec2ForPreTraining"),  # no token embedding: no-head, keys null
     ("vit_mae", "ViTMAEForPreTraining"),
     ("bart", "BartForConditionalGeneration"),  # the flag governs the encoder/decoder embeddings too
@@ -128,6 +129,13 @@ def test_key_renamed_by_a_converter_that_makes_a_new_tensor():
     info = _learned("inkling2_text", "Inkling2ForCausalLM")
     assert (info.embed, info.head) == ("model.llm.embed.weight", "model.llm.unembed.weight")
     assert info.memory_names["model.llm.unembed.weight"] == "lm_head.weight"
+
+
+def test_a_parameter_saved_in_parts_is_named_by_its_first_part():
+    """Molmo2 saves its embedding as `wte.embedding` (the base vocabulary) and `wte.new_embedding`, joined on
+    load; it never ties its head, so a stored head is `untied` whatever the parts hold."""
+    info = _learned("molmo2", "Molmo2ForConditionalGeneration")
+    assert (info.embed, info.head, info.tie_groups) == ("model.transformer.wte.embedding", "lm_head.weight", {})
 
 
 def test_flag_governs_other_groups():

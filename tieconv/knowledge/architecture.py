@@ -930,12 +930,14 @@ def _disk_names(model: Any, names: set[str]) -> dict[str, str]:
 
     def revert_one(name: str) -> str:
         """A converter that makes a new tensor (Inkling2 pads its head back to the stored vocabulary:
-        `lm_head.weight` is saved as `model.llm.unembed.weight`) loses identity: alone, its one output is it."""
+        `lm_head.weight` is saved as `model.llm.unembed.weight`) loses identity: alone, its one output is it.
+        A parameter saved in parts (Molmo2's embedding: `wte.embedding` and `wte.new_embedding`, joined on
+        load) is named by its first part: the base vocabulary's rows."""
         try:
             reverted = revert_weight_conversion(model, {name: torch.empty(0)})
         except Exception:  # noqa: BLE001 - a converter that needs its whole set (split/merge): not renamed
             return name
-        return next(iter(reverted)) if len(reverted) == 1 else name
+        return next(iter(reverted), name)
 
     try:
         out = revert(names)
