@@ -23,7 +23,6 @@ Usage:  python bench/bench_convert.py [--dir bench/out] [--repeat 3] [--baseline
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -33,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inspect import make_checkpoint, measure_as_installed  # noqa: E402
+from bench_inspect import bench_parser, make_checkpoint  # noqa: E402
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
@@ -52,10 +51,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
 
 
 def main() -> None:
-    measure_as_installed()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = bench_parser(__doc__)
     parser.add_argument("--baseline", help="another tieconv checkout whose `tie` is timed in the same rounds")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each command (root)")
     args = parser.parse_args()

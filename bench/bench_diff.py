@@ -12,7 +12,6 @@ Usage:  python bench/bench_diff.py [--dir bench/out] [--repeat 3]
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
@@ -22,15 +21,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inspect import make_checkpoint, measure, measure_as_installed
+from bench_inspect import bench_parser, make_checkpoint, measure
 
 
 
 def main() -> None:
-    measure_as_installed()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     base = Path(args.dir)
     src = base / "llama-1b-duplicated"

@@ -12,7 +12,6 @@ Usage:  python bench/bench_gguf.py [--dir bench/out] [--repeat 3]
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convert import measure  # noqa: E402
-from bench_inspect import measure_as_installed  # noqa: E402
+from bench_inspect import bench_parser  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS = 128_256, 2_048, 4
 
@@ -53,10 +52,7 @@ def make_gguf(path: Path) -> None:
 
 
 def main() -> None:
-    measure_as_installed()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     src = Path(args.dir) / "llama-1b-shape-tieable.gguf"
     print("making the GGUF (once) ...", flush=True)

@@ -102,6 +102,16 @@ def byte_range(folder: Path, key: str) -> tuple[Path, int, int]:
     return folder / t.file, t.offset, t.nbytes
 
 
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark takes (--dir for its checkpoints, --repeat), with tieconv measured as
+    installed."""
+    measure_as_installed()
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
+    parser.add_argument("--repeat", type=int, default=3)
+    return parser
+
+
 def measure_as_installed() -> None:
     """Time tieconv as an installed copy runs: pip compiles bytecode at install time, and with
     PYTHONDONTWRITEBYTECODE (set in some environments) every run would compile every tieconv module from
@@ -110,10 +120,7 @@ def measure_as_installed() -> None:
 
 
 def main() -> None:
-    measure_as_installed()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     base = Path(args.dir)
     tied, dup = base / "llama-1b-tied", base / "llama-1b-duplicated"

@@ -10,7 +10,6 @@ Usage:  python bench/bench_scan.py [--dir bench/out] [--repeat 3]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_inspect import measure_as_installed  # bench/ is on sys.path when run as a script
+from bench_inspect import bench_parser  # bench/ is on sys.path when run as a script
 
 VOCAB, HIDDEN, LAYERS, INTER = 32000, 768, 12, 2048
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,10 +64,7 @@ def timed(cmd, env) -> float:
 
 
 def main() -> None:
-    measure_as_installed()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=str(Path(__file__).resolve().parent / "out"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     models = Path(args.dir) / "scan-models"
     make_models(models)

@@ -57,3 +57,11 @@ def stored_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
     return {k: v for f in files for k, v in load_file(f).items()}
+
+
+def finish_gguf(writer) -> None:
+    """Write everything a gguf.GGUFWriter was given (header, metadata, tensors) and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

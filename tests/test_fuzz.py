@@ -22,6 +22,7 @@ import tieconv
 from tieconv.errors import TieconvError
 
 from .conftest import FIXTURES
+from .helpers import finish_gguf
 
 EXAMPLES = 2000
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -188,10 +189,7 @@ def _valid_gguf() -> bytes:
     writer.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
     writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
     writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path.read_bytes()
 
 

@@ -21,7 +21,7 @@ from tieconv.formats.gguf_file import GGUFFile
 from tieconv.formats.safetensors_file import SafetensorsFile
 from tieconv.formats.torch_pickle import TorchPickle
 
-from ..helpers import write_llama
+from ..helpers import finish_gguf, write_llama
 
 
 def _values() -> dict[str, torch.Tensor]:
@@ -39,10 +39,7 @@ def _write(fmt: str, folder, values: dict[str, torch.Tensor]):
     writer = gguf.GGUFWriter(folder / "model.gguf", arch="llama")
     for key, t in values.items():
         writer.add_tensor(key, t.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return folder / "model.gguf"
 
 

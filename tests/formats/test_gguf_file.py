@@ -8,6 +8,7 @@ from click.testing import CliRunner
 import tieconv
 from tieconv.cli import main
 from tieconv.errors import CorruptFileError, RefusedError
+from ..helpers import finish_gguf
 
 
 def write_gguf(path, *, head: str | None, head_type=gguf.GGMLQuantizationType.F32, seed=0):
@@ -30,10 +31,7 @@ def write_gguf(path, *, head: str | None, head_type=gguf.GGMLQuantizationType.F3
             writer.add_tensor("output.weight", other.astype(np.float16))
         else:
             writer.add_tensor("output.weight", other)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path
 
 
@@ -106,10 +104,7 @@ def test_gguf_alignment_is_carried_over(tmp_path):
     writer.add_tensor("token_embd.weight", embed)
     writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))  # odd size: padding matters
     writer.add_tensor("output.weight", embed.copy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     tieconv.tie(path, tmp_path / "out.gguf")
     reader = gguf.GGUFReader(tmp_path / "out.gguf")  # gguf's own reader must read it
     assert reader.alignment == 64
@@ -122,10 +117,7 @@ def write_tied_pair(path, embed, arch="llama"):
     writer = gguf.GGUFWriter(path, arch=arch)
     writer.add_tensor("token_embd.weight", embed)
     writer.add_tensor("output.weight", embed.copy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path
 
 
@@ -198,10 +190,7 @@ def test_tie_and_untie_write_byte_for_byte_what_ggufs_writer_writes(tmp_path, al
     writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))  # odd size: padding matters
     writer.add_tensor("blk.0.ffn_down.weight", rng.standard_normal((32, 16)).astype(np.float16))
     writer.add_tensor("output.weight", embed.copy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     kept = ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.ffn_down.weight"]
     tieconv.tie(path, tmp_path / "tied.gguf")
     _ggufs_own_rewrite(path, tmp_path / "reference-tied.gguf", [(k, k) for k in kept])
@@ -220,10 +209,7 @@ def test_diff_finds_a_changed_metadata_value_and_a_changed_vocabulary(tmp_path):
         writer.add_float32("llama.attention.layer_norm_rms_epsilon", eps)
         writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(63)] + [last_token])
         writer.add_tensor("token_embd.weight", np.ones((64, 16), dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        finish_gguf(writer)
         return tmp_path / name
 
     a, b, c = make("a.gguf", 1e-5, "t63"), make("b.gguf", 1e-6, "t63"), make("c.gguf", 1e-5, "zz")
@@ -276,10 +262,7 @@ def _patched_gguf(path, fields, replace):
     writer.add_string("general.name", "QQ")
     writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
     writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     data = path.read_bytes()
     for old, new in replace.items():
         assert len(old) == len(new) and data.count(old) == 1
@@ -323,10 +306,7 @@ def test_a_string_value_that_is_not_utf8_differs_from_every_string(tmp_path):
     writer.add_string("general.name", f"<not UTF-8: {bytes([0xff, 0xfe]).hex()}>")
     writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
     writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     assert marker != gguf_file.read_metadata(tmp_path / "c.gguf")["general.name"]
     (name,) = tieconv.diff(a, tmp_path / "c.gguf").config
     assert name.field == "general.name"
@@ -345,10 +325,7 @@ def test_an_alignment_that_is_not_uint32_is_refused(tmp_path, add):
     getattr(writer, add)("general.alignment", 64 if add == "add_uint64" else "64")
     writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
     writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     with pytest.raises(ValueError, match="general.alignment"):  # gguf's own reader
         gguf.GGUFReader(path)
     result = CliRunner().invoke(main, ["tie", str(path), str(tmp_path / "tied.gguf")])
@@ -364,10 +341,7 @@ def test_a_quantized_row_that_is_no_whole_number_of_blocks_is_refused(tmp_path):
     q8 = np.zeros((8, 34), dtype=np.uint8)  # 8 rows of one Q8_0 block (32 elements in 34 bytes)
     writer.add_tensor("token_embd.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     writer.add_tensor("output.weight", q8.copy(), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     data = bytearray(path.read_bytes())
     for name in (b"token_embd.weight", b"output.weight"):
         dims_at = data.index(name) + len(name) + 4  # after the name: n_dims (u32), then ne0
@@ -389,10 +363,7 @@ def test_a_gguf_without_its_embedding_names_it_as_llama_cpp_does(tmp_path):
     writer.add_tensor("blk.0.attn_norm.weight", np.ones(3, dtype=np.float32))
     head = np.arange(32, dtype=np.float32).reshape(8, 4)
     writer.add_tensor("output.weight", head)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     report = tieconv.inspect(path)
     assert (report.verdict, report.embed.key, report.head.key) == \
         ("embed-missing", "token_embd.weight", "output.weight")

@@ -20,6 +20,7 @@ from tieconv.inspection.equivalence import RANDOM, compare_reports, loader_view
 from tieconv.errors import InputError
 
 from ..conftest import FIXTURES, ROOT
+from ..helpers import finish_gguf
 from ..formats.test_hub import architectures, hub, xdg  # noqa: F401 - the test server and its cache fixtures
 from ..formats.test_hub import tieconv as hub_cli
 
@@ -326,7 +327,7 @@ def test_gguf_pairs(tmp_path):
     writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(64)])
     for t in reader.tensors:
         writer.add_tensor(t.name, t.data.copy())
-    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    finish_gguf(writer)
     report = tieconv.diff(a, tmp_path / "ctx.gguf")
     assert [(c.field, c.a, c.b) for c in report.config] == [("llama.context_length", 32, 64)]
 
@@ -412,14 +413,19 @@ def test_a_flag_that_only_decides_sharing_is_a_note(tmp_path):
     assert not report.equivalent and [r.parameter for r in report.random] == ["lm_head.weight"]
 
 
-def test_hard_linked_shards_are_equal_without_reading_them(tmp_path, monkeypatch):
-    """`tie --link` links unchanged shards: one file on disk, so verification reads none of its bytes."""
-    a = tmp_path / "a"
+def _linked_copy(tmp_path):
+    """A copy of a sharded fixture (a) and a folder of hard links to every file of it (b)."""
+    a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(FIXTURES / "llama-untied-sharded", a)
-    b = tmp_path / "b"
     b.mkdir()
     for f in a.iterdir():
         os.link(f, b / f.name)
+    return a, b
+
+
+def test_hard_linked_shards_are_equal_without_reading_them(tmp_path, monkeypatch):
+    """`tie --link` links unchanged shards: one file on disk, so verification reads none of its bytes."""
+    a, b = _linked_copy(tmp_path)
     from tieconv.formats.checkpoint import Checkpoint
 
     reads: list[str] = []
@@ -441,12 +447,7 @@ def test_hard_linked_shards_are_equal_without_reading_them(tmp_path, monkeypatch
 def test_a_hard_linked_shard_is_still_compared_where_its_key_is_expected_to_change(tmp_path):
     """Equal unread holds for a key each loader reads as itself and that is expected to stay: told that B's
     embedding should hold A's head (`tie --keep head`), the linked shard holding it is compared, and differs."""
-    a = tmp_path / "a"
-    shutil.copytree(FIXTURES / "llama-untied-sharded", a)
-    b = tmp_path / "b"
-    b.mkdir()
-    for f in a.iterdir():
-        os.link(f, b / f.name)
+    a, b = _linked_copy(tmp_path)
     report = compare_reports(tieconv.inspect(a), tieconv.inspect(b),
                              expected_values={"model.embed_tokens.weight": "lm_head.weight"})
     assert [(d.parameter, d.a_key, d.b_key) for d in report.values] == [

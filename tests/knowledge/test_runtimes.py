@@ -20,6 +20,7 @@ import tieconv
 from tieconv.knowledge import runtimes
 from tieconv.cli import main
 from tieconv.knowledge.runtimes import EMBEDDING, ERROR, RANDOM, STORED, UNKNOWN, UNSUPPORTED, Case
+from ..helpers import finish_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -127,10 +128,7 @@ def _gguf(tmp_path: Path, head: bool) -> Path:
     writer.add_tensor("token_embd.weight", rng.standard_normal((64, 16), dtype=np.float32))
     if head:
         writer.add_tensor("output.weight", rng.standard_normal((64, 16), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     return path
 
 
