@@ -371,3 +371,15 @@ def test_a_gguf_without_its_embedding_names_it_as_llama_cpp_does(tmp_path):
     tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(tmp_path / "tied.gguf").tensors}
     assert sorted(tensors) == ["blk.0.attn_norm.weight", "token_embd.weight"]
     assert np.array_equal(tensors["token_embd.weight"], head)
+
+
+def test_more_metadata_keys_than_any_real_file_are_refused_before_stepping(tmp_path):
+    """Every key is remembered (a repeat is refused), so their number is limited before the first is read."""
+    import struct
+
+    from tieconv.formats.gguf_file import MAX_GGUF_KEYS
+
+    path = tmp_path / "keys.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, MAX_GGUF_KEYS + 1) + bytes(64))
+    with pytest.raises(CorruptFileError, match=f"{MAX_GGUF_KEYS + 1} metadata entries, over the limits"):
+        tieconv.inspect(path)

@@ -27,6 +27,7 @@ HEAD = "output.weight"
 MAX_GGUF_STRINGS = 1_500_000  # metadata strings, array items included
 MAX_GGUF_ITEMS = 64_000_000  # metadata values of every type
 MAX_GGUF_TENSORS = 200_000
+MAX_GGUF_KEYS = 65_536  # metadata pairs (real files have about 50): every key is remembered, to refuse repeats
 _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> size
 _STRING, _ARRAY = 8, 9
 
@@ -171,9 +172,9 @@ def _read_tensors(data: mmap.mmap, size: int, path: Path,
     version, n_tensors, n_kv = struct.unpack_from(order + "IQQ", data, 4)
     if version not in (2, 3):
         raise CorruptFileError(f"{path}: GGUF version {version} is not supported (2 or 3)")
-    if n_tensors > MAX_GGUF_TENSORS or n_kv > MAX_GGUF_ITEMS:
+    if n_tensors > MAX_GGUF_TENSORS or n_kv > MAX_GGUF_KEYS:
         raise CorruptFileError(f"{path}: claims {n_tensors} tensors and {n_kv} metadata entries, over the limits "
-                               f"({MAX_GGUF_TENSORS}, {MAX_GGUF_ITEMS})")
+                               f"({MAX_GGUF_TENSORS}, {MAX_GGUF_KEYS})")
     pos = 24
     strings = items = 0
     alignment = 32
