@@ -32,22 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inspect import bench_parser, make_checkpoint  # noqa: E402
-
-
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
-    """Wall seconds, peak RSS in MB and CPU seconds (user + system, kernel copies included) of `cmd`."""
-    wrapper = [sys.executable, "-c", (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); w = time.perf_counter() - t; "
-        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
-        "print(w, u.ru_maxrss, u.ru_utime + u.ru_stime); sys.exit(0 if r.returncode in (0, 1) else 3)"
-    )] + cmd
-    out = subprocess.run(wrapper, capture_output=True, text=True, env=env)
-    if out.returncode:
-        raise SystemExit(f"{cmd} failed: {out.stderr[-400:]}")
-    wall, rss_kb, cpu = out.stdout.split()
-    return float(wall), int(rss_kb) // 1024, float(cpu)
+from bench_inspect import bench_parser, make_checkpoint, measure  # noqa: E402
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def main() -> None:
     rss = 0
     for _ in range(args.repeat):
         for name, cmd in (("cmp", cmp), ("diff", tieconv)):
-            wall, peak = measure(cmd, env)
+            wall, peak, _ = measure(cmd, env)
             rows[name].append(wall)
             if name == "diff":
                 rss = max(rss, peak)

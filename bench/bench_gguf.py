@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import measure  # noqa: E402
-from bench_inspect import bench_parser  # noqa: E402
+from bench_inspect import bench_parser, measure  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS = 128_256, 2_048, 4
 

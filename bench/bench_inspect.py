@@ -79,18 +79,19 @@ def make_checkpoint(folder: Path, duplicated: bool) -> None:
         "num_key_value_heads": 8, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}))
 
 
-def measure(cmd: list[str], env=None) -> tuple[float, int]:
-    """Run `cmd` under /usr/bin/time-like accounting: wall seconds and max RSS in MB."""
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS in MB and CPU seconds (user + system, kernel copies included) of `cmd`."""
     wrapper = [sys.executable, "-c", (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); w = time.perf_counter() - t; "
-        "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(0 if r.returncode in (0, 1) else 3)"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(w, u.ru_maxrss, u.ru_utime + u.ru_stime); sys.exit(0 if r.returncode in (0, 1) else 3)"
     )] + cmd
     out = subprocess.run(wrapper, capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{cmd} failed: {out.stderr[-400:]}")
-    wall, rss_kb = out.stdout.split()
-    return float(wall), int(rss_kb) // 1024
+    wall, rss_kb, cpu = out.stdout.split()
+    return float(wall), int(rss_kb) // 1024, float(cpu)
 
 
 def byte_range(folder: Path, key: str) -> tuple[Path, int, int]:
@@ -131,7 +132,7 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="tieconv-bench-cache-")
     env = {**os.environ, "XDG_CACHE_HOME": cache}
 
-    cold, cold_rss = measure(tieconv + [str(tied)], env)  # first run: learns the architecture from transformers
+    cold, cold_rss, _ = measure(tieconv + [str(tied)], env)  # first run: learns the architecture from transformers
     hub = [sys.executable, "-c", "import sys; from huggingface_hub import get_local_safetensors_metadata as g; "
            "g(sys.argv[1])", str(tied)]
     # warm the page cache for the comparison
@@ -143,9 +144,9 @@ def main() -> None:
     rows = {"tied: tieconv": [], "tied: hub": [], "dup: tieconv": [], "dup: cmp": []}
     rss = {"tied": 0, "dup": 0}
     for _ in range(args.repeat):
-        w, r = measure(tieconv + [str(tied)], env); rows["tied: tieconv"].append(w); rss["tied"] = max(rss["tied"], r)
+        w, r, _ = measure(tieconv + [str(tied)], env); rows["tied: tieconv"].append(w); rss["tied"] = max(rss["tied"], r)
         rows["tied: hub"].append(measure(hub)[0])
-        w, r = measure(tieconv + [str(dup)], env); rows["dup: tieconv"].append(w); rss["dup"] = max(rss["dup"], r)
+        w, r, _ = measure(tieconv + [str(dup)], env); rows["dup: tieconv"].append(w); rss["dup"] = max(rss["dup"], r)
         rows["dup: cmp"].append(measure(cmp)[0])
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"checkpoint: vocab {VOCAB}, hidden {HIDDEN}, {LAYERS} layers, bf16, ~1 GB shards; median of {args.repeat}")
