@@ -63,30 +63,24 @@ def read_private(path: str | os.PathLike[str]) -> bytes | None:
 
 def load(kind: str, stat: os.stat_result) -> Any:
     """What `store` recorded of the file with `stat` as `kind`, or None (absent, changed, damaged, foreign)."""
-    recorded = _recorded(kind, stat)
-    return recorded[1] if recorded is not None and recorded[0] == identity(stat) else None
+    entry = recorded(kind, stat)
+    return entry[1] if entry is not None and entry[0] == identity(stat) else None
 
 
-def load_for_inode(kind: str, stat: os.stat_result) -> Any:
-    """What `store` recorded as `kind` of the file at `stat`'s device and inode, whatever its identity now
-    (None when absent, damaged or foreign): for a caller that checks it against the file's own bytes first.
-
-    Deleting a hard link to a file (an earlier `tie --link` output) changes its ctime, and with it the
-    identity, though not a byte of the file changed.
+def recorded(kind: str, stat: os.stat_result) -> tuple[Any, Any] | None:
+    """(the identity it was recorded for, the value) that `store` recorded as `kind` of the file at `stat`'s
+    device and inode, whatever its identity now; None when absent, damaged or foreign. For a caller that can
+    check a value recorded for another identity against the file's own bytes: deleting a hard link to a file
+    (an earlier `tie --link` output) changes its ctime, and with it the identity, though no byte changed.
     """
-    recorded = _recorded(kind, stat)
-    return recorded[1] if recorded is not None else None
-
-
-def _recorded(kind: str, stat: os.stat_result) -> tuple[Any, Any] | None:
     data = read_private(_cache_file(kind, stat))
     if data is None:
         return None
     try:
-        recorded, value = marshal.loads(data)
+        recorded_identity, value = marshal.loads(data)
     except (ValueError, EOFError, TypeError):
         return None
-    return recorded, value
+    return recorded_identity, value
 
 
 def store(kind: str, stat: os.stat_result, value: Any) -> None:

@@ -256,7 +256,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         with open(path, "rb") as f:
             stat = os.fstat(f.fileno())
             file_size = stat.st_size
-            cached = _cached_header(path, stat)
+            entry = file_cache.recorded("header", stat)  # read once: by identity now, by digest below
+            unchanged = entry is not None and entry[0] == file_cache.identity(stat)
+            cached = _cached_header(path, stat, entry[1]) if entry and unchanged else None
             if cached is not None:
                 return cached
             prefix = f.read(8)
@@ -277,7 +279,8 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     except OSError as exc:
         raise CorruptFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     digest = hashlib.sha256(raw).digest() if len(raw) >= CACHED_HEADER_BYTES else None
-    header = (_cached_header(path, stat, digest) if digest else None) or parse_header(raw, file_size, path)
+    header = (_cached_header(path, stat, entry[1], digest) if digest and entry else None) or \
+        parse_header(raw, file_size, path)
     header.identity = file_cache.identity(stat)
     if digest:
         _store_header(stat, header, digest)
@@ -288,11 +291,12 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 CACHED_HEADER_BYTES = 32 << 10
 
 
-def _cached_header(path: str, stat: os.stat_result, digest: bytes | None = None) -> SafetensorsHeader | None:
-    """The header validated earlier: for the file as it was then (its identity), or, given the `digest` of
-    the header bytes the file holds now, for any earlier state of the same inode and size whose header
-    bytes had that digest (validation depends on nothing else: the header's bytes and the file's size)."""
-    value = file_cache.load("header", stat) if digest is None else file_cache.load_for_inode("header", stat)
+def _cached_header(path: str, stat: os.stat_result, value: Any,
+                   digest: bytes | None = None) -> SafetensorsHeader | None:
+    """The header validated earlier, from the cache entry `value`: recorded for the file as it is now (its
+    identity), or, given the `digest` of the header bytes the file holds now, for any earlier state of the
+    same inode and size whose header bytes had that digest (validation depends on nothing else: the
+    header's bytes and the file's size)."""
     try:
         data_start, data_size, metadata, numel, names, columns, recorded_digest = value
     except (TypeError, ValueError):
